@@ -1,0 +1,341 @@
+"""The NitroGen model: SigLIP vision tower -> VL mixer -> flow-matching DiT -> action decoder.
+
+Shapes: ``B`` batch, ``F`` frames, ``P`` visual tokens per frame, ``S`` VL tokens (left padded to
+``max_sequence_length``), ``H`` action horizon, ``A`` action dims, ``D`` width, ``N`` denoising steps.
+
+Per frame, everything that does not depend on the noisy actions (vision features, the mixer output
+and every cross-attention block's keys/values) is computed once into a :class:`Conditioning`.
+Per denoising schedule, the timestep modulations are computed once into a :class:`Schedule`.
+Each Euler step then runs only the DiT over the ``H`` action tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Beta
+
+from .configuration import CheckpointConfig, DiTConfig, MixerConfig
+from .layers import KV, TimestepEncoder, TransformerBlock, action_time_features
+from .vision import VisionSpec, build_vision_tower
+
+
+class CategorySpecificLinear(nn.Module):
+    """A linear layer with one weight matrix per embodiment: ``W (E, in, out)``, ``b (E, out)``."""
+
+    def __init__(self, num_categories: int, dim_in: int, dim_out: int):
+        super().__init__()
+        self.W = nn.Parameter(0.02 * torch.randn(num_categories, dim_in, dim_out))
+        self.b = nn.Parameter(torch.zeros(num_categories, dim_out))
+
+    def forward(self, x: Tensor, category: Tensor) -> Tensor:
+        if self.W.shape[0] == 1:
+            # One embodiment (the released model): a plain matmul on views, no per-sample weight copy.
+            return torch.addmm(self.b[0], x.reshape(-1, x.shape[-1]), self.W[0]).view(*x.shape[:-1], -1)
+        # x (B, T, in) @ W[category] (B, in, out) + b[category] (B, 1, out)
+        return torch.bmm(x, self.W[category]) + self.b[category][:, None]
+
+
+class ActionEncoder(nn.Module):
+    """Noisy actions and flow time -> action tokens: ``W3(swish(W2([W1 a | sin(t)])))``."""
+
+    def __init__(self, action_dim: int, dim: int, num_embodiments: int):
+        super().__init__()
+        self.W1 = CategorySpecificLinear(num_embodiments, action_dim, dim)
+        self.W2 = CategorySpecificLinear(num_embodiments, 2 * dim, dim)
+        self.W3 = CategorySpecificLinear(num_embodiments, dim, dim)
+
+    def forward(self, actions: Tensor, buckets: Tensor, embodiment: Tensor) -> Tensor:
+        B, T, _ = actions.shape
+        a = self.W1(actions, embodiment)  # (B, T, D)
+        tau = action_time_features(buckets[:, None].expand(B, T), a.shape[-1]).to(a.dtype)  # (B, T, D)
+        x = F.silu(self.W2(torch.cat([a, tau], dim=-1), embodiment))
+        return self.W3(x, embodiment)
+
+
+class ActionDecoder(nn.Module):
+    """DiT output tokens -> velocities: ``layer2(relu(layer1(h)))``."""
+
+    def __init__(self, dim: int, action_dim: int, num_embodiments: int):
+        super().__init__()
+        self.layer1 = CategorySpecificLinear(num_embodiments, dim, dim)
+        self.layer2 = CategorySpecificLinear(num_embodiments, dim, action_dim)
+
+    def forward(self, h: Tensor, embodiment: Tensor) -> Tensor:
+        return self.layer2(F.relu(self.layer1(h, embodiment)), embodiment)
+
+
+class VLMixer(nn.Module):
+    """Self-attention over the VL tokens (vision tokens, optional game token, left padding)."""
+
+    def __init__(self, cfg: MixerConfig):
+        super().__init__()
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(cfg, adaptive=False) for _ in range(cfg.num_layers))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        for block in self.transformer_blocks:
+            tokens = block(tokens)
+        return tokens
+
+
+@dataclass
+class Schedule:
+    """Everything a denoising schedule needs that depends only on the timestep buckets.
+
+    ``buckets (N,)``; per block ``(scale, shift)``, each ``(N, D)``; output ``(shift, scale)``.
+    """
+
+    buckets: Tensor
+    block_modulations: list[tuple[Tensor, Tensor]]
+    out_modulation: tuple[Tensor, Tensor]
+
+    def step(self, i: int, batch: int) -> tuple[Tensor, list[tuple[Tensor, Tensor]], tuple[Tensor, Tensor]]:
+        """Bucket and modulations of step ``i``, broadcast to ``batch`` samples."""
+
+        def pick(t: Tensor) -> Tensor:
+            return t[i : i + 1].expand(batch, -1)
+
+        return (
+            self.buckets[i : i + 1].expand(batch),
+            [(pick(s), pick(b)) for s, b in self.block_modulations],
+            (pick(self.out_modulation[0]), pick(self.out_modulation[1])),
+        )
+
+
+class DiT(nn.Module):
+    """The AdaLN diffusion transformer over the action tokens."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.inner_dim
+        self.timestep_encoder = TimestepEncoder(dim)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(
+                cfg,
+                adaptive=True,
+                norm_eps=cfg.norm_eps,
+                norm_affine=cfg.norm_elementwise_affine,
+                context_dim=cfg.cross_attention_dim if cfg.is_cross_attention_block(i) else None,
+            )
+            for i in range(cfg.num_layers)
+        )
+        self.norm_out = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.proj_out_1 = nn.Linear(dim, 2 * dim)
+        self.proj_out_2 = nn.Linear(dim, cfg.output_dim)
+
+    def cross_blocks(self) -> list[int]:
+        return [i for i in range(len(self.transformer_blocks)) if self.cfg.is_cross_attention_block(i)]
+
+    def context_kv(self, context: Tensor) -> dict[int, KV]:
+        """Keys/values of the VL context ``(B, S, D)`` for every cross-attention block."""
+        return {i: self.transformer_blocks[i].attn1.project_kv(context) for i in self.cross_blocks()}
+
+    def schedule(self, buckets: Tensor) -> Schedule:
+        """Timestep modulations of every block for the buckets ``(N,)``."""
+        temb = self.timestep_encoder(buckets)  # (N, D)
+        blocks = [block.norm1.modulation(temb) for block in self.transformer_blocks]
+        shift, scale = self.proj_out_1(F.silu(temb)).chunk(2, dim=-1)
+        return Schedule(buckets, blocks, (shift, scale))
+
+    def forward(
+        self,
+        x: Tensor,
+        kv: dict[int, KV],
+        block_modulations: Sequence[tuple[Tensor, Tensor]],
+        out_modulation: tuple[Tensor, Tensor],
+    ) -> Tensor:
+        """Action tokens ``(B, H, D)`` -> ``(B, H, output_dim)``."""
+        for i, block in enumerate(self.transformer_blocks):
+            x = block(x, kv.get(i), block_modulations[i])
+        shift, scale = out_modulation
+        x = self.norm_out(x) * (1 + scale[:, None]) + shift[:, None]
+        return self.proj_out_2(x)
+
+
+@dataclass
+class Conditioning:
+    """Per-frame conditioning, independent of the noisy actions: cross-attention keys/values."""
+
+    kv: dict[int, KV]
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.kv.values()))[0].shape[0] if self.kv else 0
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        """Stack several conditionings along the batch, e.g. CFG's two branches or many clients."""
+        keys = parts[0].kv.keys()
+        return Conditioning({i: (torch.cat([p.kv[i][0] for p in parts]), torch.cat([p.kv[i][1] for p in parts])) for i in keys})
+
+
+class NitroGenModel(nn.Module):
+    """The NitroGen network. Attribute names match the released checkpoint's state-dict keys."""
+
+    def __init__(self, config: CheckpointConfig, vision: VisionSpec, num_games: int | None = None):
+        super().__init__()
+        self.config = config
+        mcfg = config.model_cfg
+        if vision.hidden_size != mcfg.vision_hidden_size:
+            raise ValueError(
+                f"vision tower width {vision.hidden_size} differs from vision_hidden_size {mcfg.vision_hidden_size}"
+            )
+        self.vision_spec = vision
+        self.vision_encoder = build_vision_tower(vision)
+        self.model = DiT(mcfg.diffusion_model_cfg)
+        self.vl_self_attention_model = VLMixer(mcfg.vl_self_attention_cfg)
+        self.action_encoder = ActionEncoder(mcfg.action_dim, mcfg.hidden_size, mcfg.max_num_embodiments)
+        self.action_decoder = ActionDecoder(mcfg.hidden_size, mcfg.action_dim, mcfg.max_num_embodiments)
+        if mcfg.add_pos_embed:
+            self.position_embedding = nn.Embedding(mcfg.max_seq_len, mcfg.hidden_size)
+        if num_games is not None:
+            # Row 0 is the unconditional game.
+            self.game_embedding = nn.Embedding(num_games, mcfg.vision_hidden_size, padding_idx=0)
+
+    # ----------------------------------------------------------------------------------- context
+
+    @property
+    def has_games(self) -> bool:
+        return hasattr(self, "game_embedding")
+
+    @property
+    def max_vl_tokens(self) -> int:
+        return self.config.tokenizer_cfg.max_sequence_length
+
+    def encode_frames(self, pixels: Tensor) -> Tensor:
+        """Normalised frames ``(N, 3, 256, 256)`` -> vision tokens ``(N, P, D)``.
+
+        The tower's pooling head is in the checkpoint but unused, so it is not run.
+        """
+        tower = self.vision_encoder
+        tokens = tower.embeddings(pixels.to(tower.embeddings.patch_embedding.weight.dtype))
+        tokens = tower.encoder(inputs_embeds=tokens).last_hidden_state
+        return tower.post_layernorm(tokens)
+
+    def vl_tokens(self, frames: Sequence[Tensor], games: Sequence[int | None]) -> Tensor:
+        """Assemble each sample's VL token sequence: ``[pad ... | game | frame tokens, oldest first]``.
+
+        ``frames[b]`` is ``(F_b, P, D)``, the sample's valid frames. ``games[b]`` is a game id, or
+        None for no game token (its slot is then zero, like the padding). Padding embeddings are
+        zero and are attended to, as in the released model. Returns ``(B, S, D)``.
+        """
+        S, rows = self.max_vl_tokens, []
+        for feats, game in zip(frames, games, strict=True):
+            image = feats.reshape(-1, feats.shape[-1])  # (F_b * P, D)
+            parts = [image]
+            if self.has_games:
+                slot = (
+                    self.game_embedding.weight[game][None].to(image.dtype)
+                    if game is not None
+                    else image.new_zeros(1, image.shape[-1])
+                )
+                parts.insert(0, slot)
+            n = sum(p.shape[0] for p in parts)
+            if n > S:
+                raise ValueError(f"{n} VL tokens exceed the checkpoint's max_sequence_length of {S}")
+            parts.insert(0, image.new_zeros(S - n, image.shape[-1]))
+            rows.append(torch.cat(parts))
+        return torch.stack(rows)
+
+    def condition(self, vl_tokens: Tensor) -> Conditioning:
+        """Run the mixer over the VL tokens and project every cross-attention block's keys/values."""
+        return Conditioning(self.model.context_kv(self.vl_self_attention_model(vl_tokens)))
+
+    # ------------------------------------------------------------------------------- denoising
+
+    def embodiment(self, batch: int, device: torch.device) -> Tensor:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+
+    def velocity(
+        self,
+        x: Tensor,
+        cond: Conditioning,
+        buckets: Tensor,
+        block_modulations: Sequence[tuple[Tensor, Tensor]],
+        out_modulation: tuple[Tensor, Tensor],
+    ) -> Tensor:
+        """Predicted velocity ``(B, H, A)`` of noisy actions ``x (B, H, A)`` at ``buckets (B,)``."""
+        B, H, _ = x.shape
+        emb = self.embodiment(B, x.device)
+        w = self.action_encoder.W1.W
+        tokens = self.action_encoder(x.to(w.dtype), buckets, emb)  # (B, H, D)
+        if hasattr(self, "position_embedding"):
+            tokens = tokens + self.position_embedding.weight[:H].to(tokens.dtype)
+        h = self.model(tokens, cond.kv, block_modulations, out_modulation)
+        return self.action_decoder(h, emb)
+
+    def step_buckets(self, num_steps: int, device: torch.device | None = None) -> Tensor:
+        """Euler step ``i`` of ``N`` runs at ``t = i/N``, bucket ``int(t * num_buckets)``."""
+        K = self.config.model_cfg.num_timestep_buckets
+        return torch.tensor([int(i / num_steps * K) for i in range(num_steps)], dtype=torch.long, device=device)
+
+    def sample(
+        self,
+        cond: Conditioning,
+        noise: Tensor,
+        num_steps: int,
+        uncond: Conditioning | None = None,
+        cfg_scale: Tensor | float = 1.0,
+        schedule: Schedule | None = None,
+    ) -> Tensor:
+        """Integrate the flow from ``noise (B, H, A)`` with ``num_steps`` Euler steps.
+
+        With ``uncond``, classifier-free guidance ``v = v_c + s (v_c - v_u)`` runs both branches as
+        one batched pass. ``cfg_scale`` is a float or a per-sample ``(B,)`` tensor. The actions are
+        accumulated in float32 whatever the compute precision.
+        """
+        if schedule is None:
+            schedule = self.model.schedule(self.step_buckets(num_steps, noise.device))
+        B = noise.shape[0]
+        both = cond if uncond is None else Conditioning.cat([cond, uncond])
+        scale = torch.as_tensor(cfg_scale, dtype=torch.float32, device=noise.device).reshape(-1, 1, 1)
+        x = noise.float()
+        dt = 1.0 / num_steps
+        for i in range(num_steps):
+            buckets, mods, out_mod = schedule.step(i, both.batch_size)
+            xin = x if uncond is None else torch.cat([x, x])
+            v = self.velocity(xin, both, buckets, mods, out_mod).float()
+            if uncond is not None:
+                v_cond, v_uncond = v[:B], v[B:]
+                v = v_cond + scale * (v_cond - v_uncond)
+            x = x + dt * v
+        return x
+
+    # -------------------------------------------------------------------------------- training
+
+    def sample_time(self, batch: int, device: torch.device) -> Tensor:
+        """Flow time ``t = (1 - Beta(alpha, beta)) * s``, weighted towards the data end."""
+        mcfg = self.config.model_cfg
+        beta = Beta(torch.tensor(mcfg.noise_beta_alpha, device=device), torch.tensor(mcfg.noise_beta_beta, device=device))
+        return (1 - beta.sample((batch,))) * mcfg.noise_s
+
+    def flow_matching_loss(
+        self,
+        cond: Conditioning,
+        actions: Tensor,
+        *,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+        action_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Masked MSE between the predicted and the true velocity ``a - eps``.
+
+        ``actions (B, H, A)`` in the packed layout; ``noisy = (1 - t) eps + t a``; the timestep
+        bucket is ``floor(t * num_buckets)``. ``action_mask (B, H, A)`` marks the dims that count.
+        """
+        B = actions.shape[0]
+        noise = torch.randn_like(actions) if noise is None else noise
+        t = self.sample_time(B, actions.device) if t is None else t
+        t3 = t[:, None, None]
+        noisy = (1 - t3) * noise + t3 * actions
+        target = actions - noise
+        buckets = (t * self.config.model_cfg.num_timestep_buckets).long()
+        sched = self.model.schedule(buckets)
+        pred = self.velocity(noisy, cond, buckets, sched.block_modulations, sched.out_modulation).float()
+        mask = torch.ones_like(actions) if action_mask is None else action_mask.to(actions.dtype)
+        return ((pred - target) ** 2 * mask).sum() / (mask.sum() + 1e-6)
