@@ -7,10 +7,12 @@ to ``[-1, 1]``. Triggers are binary buttons.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, Union
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch stays optional here: the light client imports this module
+    import torch
 
 BUTTONS: tuple[str, ...] = (
     "BACK",
@@ -54,12 +56,18 @@ RIGHT_STICK_SLICE = slice(NUM_BUTTONS + 2, NUM_BUTTONS + 4)
 
 BUTTON_THRESHOLD = 0.5
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+Array = TypeVar("Array", bound=Union[np.ndarray, "torch.Tensor"])
+
+
+def _is_tensor(x: object) -> bool:
+    return type(x).__module__.startswith("torch")
 
 
 def _cat(parts: list[Array]) -> Array:
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts, dim=-1)
+    if _is_tensor(parts[0]):
+        import torch
+
+        return torch.cat(parts, dim=-1)  # type: ignore[return-value]
     return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
 
 
@@ -91,7 +99,7 @@ def unpack_actions(action: Array) -> tuple[Array, Array, Array]:
     j_left = action[..., LEFT_STICK_SLICE] * 2 - 1
     j_right = action[..., RIGHT_STICK_SLICE] * 2 - 1
     pressed = action[..., BUTTON_SLICE] > BUTTON_THRESHOLD
-    if isinstance(action, torch.Tensor):
+    if _is_tensor(action):
         return j_left.clamp(-1, 1), j_right.clamp(-1, 1), pressed.to(action.dtype)
     return (
         np.clip(j_left, -1, 1).astype(np.float32),

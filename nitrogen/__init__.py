@@ -1,0 +1,61 @@
+"""nitrogen: serve, play and fine-tune NitroGen-style gaming agents.
+
+The public API is what this module exports; everything else may change. Names are imported on
+first use, so ``import nitrogen`` (and the light client) does not pull in torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "ACTION_DIM": "actions",
+    "BUTTONS": "actions",
+    "pack_actions": "actions",
+    "unpack_actions": "actions",
+    "CheckpointConfig": "configuration",
+    "DiTConfig": "configuration",
+    "MixerConfig": "configuration",
+    "ModalityConfig": "configuration",
+    "ModelConfig": "configuration",
+    "TokenizerConfig": "configuration",
+    "CheckpointError": "errors",
+    "NitrogenError": "errors",
+    "UnknownVisionEncoderError": "errors",
+    "ActionChunk": "policy",
+    "Policy": "policy",
+    "convert_checkpoint": "checkpoint",
+    "load_model": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "NitroGenModel": "modeling",
+    "InferenceSession": "session",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nitrogen' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .actions import ACTION_DIM, BUTTONS, pack_actions, unpack_actions
+    from .checkpoint import convert_checkpoint, load_model, read_checkpoint, save_checkpoint
+    from .configuration import CheckpointConfig, DiTConfig, MixerConfig, ModalityConfig, ModelConfig, TokenizerConfig
+    from .errors import CheckpointError, NitrogenError, UnknownVisionEncoderError
+    from .modeling import NitroGenModel
+    from .policy import ActionChunk, Policy
+    from .session import InferenceSession

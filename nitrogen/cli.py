@@ -1,0 +1,157 @@
+"""The ``nitrogen`` command line."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import NitrogenError
+
+app = typer.Typer(name="nitrogen", help="Serve, play and fine-tune NitroGen gaming agents.", no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+COMPONENTS = {
+    "vision_encoder": "vision tower (SigLIP)",
+    "vl_self_attention_model": "VL mixer",
+    "model": "DiT",
+    "action_encoder": "action encoder",
+    "action_decoder": "action decoder",
+    "position_embedding": "action position embedding",
+    "game_embedding": "game embedding",
+}
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+def parameter_counts(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Parameters per top-level component, from the state-dict shapes (no model is built)."""
+    counts: dict[str, int] = defaultdict(int)
+    for key, shape in shapes.items():
+        if key.endswith(".pe") or key.endswith("position_ids"):
+            continue  # fixed sinusoidal tables are buffers, not parameters
+        n = 1
+        for d in shape:
+            n *= d
+        counts[key.split(".", 1)[0]] += n
+    return dict(counts)
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pt (released format) or .safetensors checkpoint.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
+) -> None:
+    """Show a checkpoint's config, parameter counts, game mapping and action layout."""
+    from .actions import layout_description
+    from .checkpoint import read_checkpoint, vision_spec_for
+
+    try:
+        raw = read_checkpoint(checkpoint)
+        spec = vision_spec_for(raw)
+    except NitrogenError as exc:
+        _fail(exc)
+    shapes = {k: tuple(v.shape) for k, v in raw.state_dict.items()}
+    counts = parameter_counts(shapes)
+    total = sum(counts.values())
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in raw.state_dict.values()})
+    doc = {
+        "checkpoint": str(checkpoint),
+        "tensors": len(shapes),
+        "parameters": total,
+        "dtypes": dtypes,
+        "parameters_per_component": counts,
+        "vision_tower": spec.__dict__ | {"tokens_per_frame": spec.tokens_per_frame},
+        "game_mapping": raw.game_mapping,
+        "action_layout": layout_description(),
+        "ckpt_config": raw.config.to_dict(),
+    }
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+
+    mcfg, tcfg, modality = raw.config.model_cfg, raw.config.tokenizer_cfg, raw.config.modality_cfg
+    dit, mixer = mcfg.diffusion_model_cfg, mcfg.vl_self_attention_cfg
+    console.print(f"[bold]{checkpoint}[/]  ({len(shapes)} tensors, {total:,} parameters, {', '.join(dtypes)})")
+    console.print(f"experiment: {raw.config.experiment_name}")
+
+    summary = Table(title="Config", show_header=False)
+    summary.add_column("field")
+    summary.add_column("value")
+    summary.add_row("vision encoder", f"{mcfg.vision_encoder_name}: {spec.num_layers} layers, width {spec.hidden_size}, "
+                    f"{spec.num_heads} heads, patch {spec.patch_size}, image {spec.image_size} -> {spec.tokens_per_frame} tokens/frame")
+    summary.add_row("VL mixer", f"{mixer.num_layers} blocks, {mixer.num_attention_heads}x{mixer.attention_head_dim} heads, "
+                    f"positions: {mixer.positional_embeddings or 'none'}")
+    summary.add_row("DiT", f"{dit.num_layers} blocks, width {dit.inner_dim}, "
+                    f"{'interleaved cross/self attention' if dit.interleave_self_attention else 'cross attention in every block'}, "
+                    f"positions: {dit.positional_embeddings or 'none'}")
+    summary.add_row("actions", f"horizon {mcfg.action_horizon} x {mcfg.action_dim} dims, action position embedding: {mcfg.add_pos_embed}")
+    summary.add_row("sampling", f"{mcfg.num_inference_timesteps} Euler steps, {mcfg.num_timestep_buckets} timestep buckets")
+    summary.add_row("training time", f"t = (1 - Beta({mcfg.noise_beta_alpha}, {mcfg.noise_beta_beta})) * {mcfg.noise_s}")
+    summary.add_row("context", f"{modality.frame_per_sample} frame(s), max {tcfg.max_sequence_length} VL tokens, "
+                    f"action shift {modality.action_shift} frames")
+    console.print(summary)
+
+    params = Table(title="Parameters")
+    params.add_column("component")
+    params.add_column("key prefix")
+    params.add_column("parameters", justify="right")
+    params.add_column("share", justify="right")
+    for prefix, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        params.add_row(COMPONENTS.get(prefix, prefix), prefix, f"{n:,}", f"{100 * n / max(total, 1):.1f}%")
+    params.add_row("[bold]total[/]", "", f"[bold]{total:,}[/]", "100%")
+    console.print(params)
+
+    if raw.game_mapping:
+        games = Table(title="Game mapping")
+        games.add_column("id", justify="right")
+        games.add_column("game")
+        for name, gid in sorted(raw.game_mapping.items(), key=lambda kv: kv[1]):
+            games.add_row(str(gid), name or "(unconditional)")
+        console.print(games)
+    else:
+        console.print("Game mapping: none (the model has no game conditioning)")
+
+    layout = Table(title="Action layout")
+    for col in ("dim", "name", "kind", "encoding"):
+        layout.add_column(col)
+    for row in layout_description():
+        layout.add_row(str(row["index"]), str(row["name"]), str(row["kind"]), str(row["encoding"]))
+    console.print(layout)
+
+
+@app.command()
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="Source checkpoint, .pt or .safetensors.")],
+    out: Annotated[Path, typer.Argument(help="Destination; its suffix (.pt or .safetensors) picks the format.")],
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Convert a checkpoint between .pt and .safetensors, keeping its config and game mapping."""
+    from .checkpoint import convert_checkpoint
+
+    if out.exists() and not force:
+        _fail(FileExistsError(f"{out} exists; pass --force to overwrite it"))
+    if out.resolve() == checkpoint.resolve():
+        _fail(ValueError("source and destination are the same file"))
+    try:
+        written = convert_checkpoint(checkpoint, out)
+    except NitrogenError as exc:
+        _fail(exc)
+    console.print(f"wrote {written} ({written.stat().st_size:,} bytes)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The one interface that play and evaluation drive: a local model, a remote server or a replay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .actions import ACTION_DIM, NUM_BUTTONS, unpack_actions
+
+
+@dataclass(frozen=True)
+class ActionChunk(Mapping[str, Any]):
+    """The next ``H`` gamepad actions predicted from one frame.
+
+    ``j_left``/``j_right`` are ``(H, 2)`` sticks in [-1, 1], ``buttons`` is ``(H, 21)`` in {0, 1}
+    (order: :data:`nitrogen.actions.BUTTONS`), and ``action_tensor`` is the raw ``(H, 25)`` output.
+    It reads like a dict too: ``chunk["buttons"]``.
+    """
+
+    j_left: np.ndarray
+    j_right: np.ndarray
+    buttons: np.ndarray
+    action_tensor: np.ndarray
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    _KEYS = ("j_left", "j_right", "buttons", "action_tensor")
+
+    @classmethod
+    def from_action_tensor(cls, action: np.ndarray, timing_ms: dict[str, float] | None = None) -> ActionChunk:
+        action = np.asarray(action, dtype=np.float32)
+        if action.ndim != 2 or action.shape[1] != ACTION_DIM:
+            raise ValueError(f"action tensor must be (H, {ACTION_DIM}), got {action.shape}")
+        j_left, j_right, buttons = unpack_actions(action)
+        return cls(j_left, j_right, buttons, action, dict(timing_ms or {}))
+
+    @property
+    def horizon(self) -> int:
+        return int(self.action_tensor.shape[0])
+
+    def __post_init__(self) -> None:
+        H = self.action_tensor.shape[0]
+        expected = {"j_left": (H, 2), "j_right": (H, 2), "buttons": (H, NUM_BUTTONS), "action_tensor": (H, ACTION_DIM)}
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {getattr(self, name).shape}")
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._KEYS)
+
+    def __len__(self) -> int:
+        return len(self._KEYS)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything that turns game frames into action chunks."""
+
+    def predict(self, frame: Any) -> ActionChunk:
+        """The next action chunk for this RGB frame (uint8 ``H x W x 3`` or a PIL image)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the frame history, e.g. at the start of an episode."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What this policy is: checkpoint, settings, action layout."""
+        ...
