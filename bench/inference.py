@@ -379,7 +379,8 @@ def format_table(results: Sequence[RowResult], num_steps: int) -> str:
         speedup = f"{baseline.median() / r.median():.1f}x" if baseline is not None else "n/a"
         lines.append(
             f"| {r.spec.key} | {r.spec.label} | {r.spec.precision} | {r.median():.0f} | {r.p90:.0f} | {r.min:.0f} "
-            f"| {r.median('vision'):.0f} | {r.median('context'):.0f} | {r.median('dit'):.0f} | {per_step:.1f} | {speedup} |"
+            f"| {r.median('vision'):.0f} | {r.median('context'):.0f} | {r.median('dit'):.0f} "
+            f"| {per_step:.1f} | {speedup} |"
         )
     return "\n".join(lines)
 
@@ -388,13 +389,17 @@ def format_table(results: Sequence[RowResult], num_steps: int) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="use the tiny golden model (smoke test; 2 repeats unless --repeats)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed chunks per row after 1 warm-up (default 5; 2 with --tiny)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny golden model, a smoke test (2 repeats by default)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed chunks per row after 1 warm-up (default 5; 2 with --tiny)"
+    )
     parser.add_argument("--steps", type=int, default=16, help="Euler steps per chunk (default 16)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--rows", default=None, help="comma list of rows to run, e.g. 1,3,5 (5 = 5a and 5b); default all")
+    parser.add_argument("--rows", default=None, help="rows to run, e.g. 1,3,5 (5 = 5a and 5b); default all")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -439,9 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, name = build_bench_model(args.tiny, device)
     minfo = model_info(model, name)
-    print(f"\nmodel: {name}, {minfo['parameters'] / 1e6:.1f}M parameters (built in {time.perf_counter() - t0:.1f} s); "
-          f"chunk = 1 frame ({minfo['vision_tokens_per_frame']} vision tokens) + (1, {minfo['action_horizon']}, 25) actions, "
-          f"{args.steps} steps; {args.repeats} timed chunk(s) per row after 1 warm-up")
+    print(
+        f"\nmodel: {name}, {minfo['parameters'] / 1e6:.1f}M parameters (built in {time.perf_counter() - t0:.1f} s); "
+        f"chunk = 1 frame ({minfo['vision_tokens_per_frame']} vision tokens) + (1, {minfo['action_horizon']}, 25) "
+        f"actions, {args.steps} steps; {args.repeats} timed chunk(s) per row after 1 warm-up"
+    )
     sys.stdout.flush()
 
     # fp32 rows first, then convert the same model in place: only one copy of the weights is held.
@@ -470,7 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if HEADLINE_KEY in results and device.type == "cpu" and not args.tiny:
         ms = results[HEADLINE_KEY].median()
         verdict = "met" if ms <= CPU_TARGET_MS else "NOT met"
-        print(f"headline (row {HEADLINE_KEY}, nitrogen bf16): {ms:.0f} ms per chunk; target <= {CPU_TARGET_MS:.0f} ms: {verdict}")
+        print(
+            f"headline (row {HEADLINE_KEY}, nitrogen bf16): {ms:.0f} ms per chunk; "
+            f"target <= {CPU_TARGET_MS:.0f} ms: {verdict}"
+        )
 
     if args.json is not None:
         payload = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -76,11 +77,13 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
-        raise CheckpointError(
-            f"{path}: contains a pickle that is not plain data, refused by weights_only loading ({first}). "
-            "Only checkpoints of tensors, dicts, lists, strings and numbers are loaded."
-        ) from None
+        found = re.search(r"GLOBAL:? ?([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path}: contains a pickle that is not plain data: it refers to {found.group(1)!r}, which "
+                "weights_only loading refuses. Only checkpoints of tensors, dicts, lists, strings and numbers load."
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, or not a torch.save file)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
 

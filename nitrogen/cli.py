@@ -15,7 +15,7 @@ from .errors import NitrogenError
 
 app = typer.Typer(name="nitrogen", help="Serve, play and fine-tune NitroGen gaming agents.", no_args_is_help=True, add_completion=False)
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 COMPONENTS = {
     "vision_encoder": "vision tower (SigLIP)",

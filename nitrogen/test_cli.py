@@ -1,0 +1,60 @@
+import json
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from nitrogen import InferenceSession
+from nitrogen.cli import app
+
+runner = CliRunner()
+
+
+def test_info_json_reports_counts_games_and_layout(golden_dir):
+    path = golden_dir / "game_padded.pt"
+    result = runner.invoke(app, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    assert doc["parameters"] == sum(v.numel() for v in state.values())
+    assert doc["parameters_per_component"]["game_embedding"] == state["game_embedding.weight"].numel()
+    assert doc["game_mapping"] == {"": 0, "alpha": 1, "beta": 2}
+    assert doc["vision_tower"]["tokens_per_frame"] == 16
+    assert [r["name"] for r in doc["action_layout"]][18] == "SOUTH"
+    assert doc["ckpt_config"]["tokenizer_cfg"]["max_sequence_length"] == 20
+
+
+def test_info_tables(golden_dir):
+    result = runner.invoke(app, ["info", str(golden_dir / "game_padded.pt")])
+    assert result.exit_code == 0, result.output
+    for text in ("Parameters", "Game mapping", "alpha", "Action layout", "RIGHT_TRIGGER", "google/siglip-large-patch16-256"):
+        assert text in result.output
+
+
+def test_convert_both_ways_keeps_behaviour(golden_dir, tmp_path):
+    src = golden_dir / "game_padded.pt"
+    st, pt = tmp_path / "m.safetensors", tmp_path / "m.pt"
+    assert runner.invoke(app, ["convert", str(src), str(st)]).exit_code == 0
+    assert runner.invoke(app, ["convert", str(st), str(pt)]).exit_code == 0
+    frame = np.load(golden_dir / "game_padded.npz")["image_0"]
+    noise = np.zeros((18, 25), np.float32)
+    outs = [InferenceSession.from_checkpoint(p, device="cpu", game="alpha").predict(frame, noise=noise) for p in (src, st, pt)]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out.action_tensor, outs[0].action_tensor)
+
+
+def test_convert_refuses_to_overwrite(golden_dir, tmp_path):
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"keep me")
+    result = runner.invoke(app, ["convert", str(golden_dir / "released_layout.pt"), str(out)])
+    assert result.exit_code == 1 and "--force" in result.output
+    assert out.read_bytes() == b"keep me"
+
+
+def test_bad_checkpoint_is_a_clear_error_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    result = runner.invoke(app, ["info", str(bad)])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "not a readable PyTorch checkpoint" in result.output
+    assert "Traceback" not in result.output
