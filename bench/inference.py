@@ -55,6 +55,7 @@ from torch import Tensor
 
 from nitrogen.checkpoint import build_model, load_model
 from nitrogen.configuration import CheckpointConfig
+from nitrogen.cpu_kernels import pack_linears, packing_available, unpack_linears
 from nitrogen.modeling import Conditioning, NitroGenModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,10 +79,15 @@ class RowSpec:
     weights: Weights
     autocast: bool
     cfg_scale: float
+    packed: bool = False
 
     @property
     def precision(self) -> str:
-        return f"{self.weights} weights" + (" + bf16 autocast" if self.autocast else "")
+        return (
+            f"{self.weights} weights"
+            + (" + bf16 autocast" if self.autocast else "")
+            + (", packed" if self.packed else (", unpacked" if self.path == "nitrogen" else ""))
+        )
 
     @property
     def label(self) -> str:
@@ -93,10 +99,11 @@ class RowSpec:
 ROWS: tuple[RowSpec, ...] = (
     RowSpec("1", "reference", "fp32", autocast=True, cfg_scale=1.0),
     RowSpec("2", "reference", "bf16", autocast=False, cfg_scale=1.0),
-    RowSpec("3", "nitrogen", "bf16", autocast=False, cfg_scale=1.0),
-    RowSpec("4", "nitrogen", "fp32", autocast=False, cfg_scale=1.0),
+    RowSpec("3", "nitrogen", "bf16", autocast=False, cfg_scale=1.0, packed=True),
+    RowSpec("3u", "nitrogen", "bf16", autocast=False, cfg_scale=1.0),
+    RowSpec("4", "nitrogen", "fp32", autocast=False, cfg_scale=1.0, packed=True),
     RowSpec("5a", "reference", "bf16", autocast=False, cfg_scale=2.0),
-    RowSpec("5b", "nitrogen", "bf16", autocast=False, cfg_scale=2.0),
+    RowSpec("5b", "nitrogen", "bf16", autocast=False, cfg_scale=2.0, packed=True),
 )
 BASELINE_KEY = "1"
 HEADLINE_KEY = "3"
@@ -107,8 +114,8 @@ def select_rows(spec: str | None) -> list[RowSpec]:
     if not spec:
         return list(ROWS)
     wanted = {s.strip() for s in spec.split(",") if s.strip()}
-    rows = [r for r in ROWS if r.key in wanted or r.key.rstrip("ab") in wanted]
-    unknown = wanted - {r.key for r in rows} - {r.key.rstrip("ab") for r in rows}
+    rows = [r for r in ROWS if r.key in wanted or r.key.rstrip("abu") in wanted]
+    unknown = wanted - {r.key for r in rows} - {r.key.rstrip("abu") for r in rows}
     if unknown or not rows:
         raise SystemExit(f"--rows: unknown row(s) {sorted(unknown) or spec!r}; choose from {[r.key for r in ROWS]}")
     return rows
@@ -295,7 +302,19 @@ def run_chunk(
     return total, dict(clock.sections)
 
 
+def set_packing(model: NitroGenModel, packed: bool, device: torch.device) -> None:
+    """Pre-pack the denoiser's weights for oneDNN (what InferenceSession does on CPU), or undo it."""
+    parts = (model.model, model.action_encoder, model.action_decoder)
+    for part in parts:
+        unpack_linears(part)
+    dtype = next(model.parameters()).dtype
+    if packed and packing_available(device, dtype):
+        for part in parts:
+            pack_linears(part)
+
+
 def bench_row(model: NitroGenModel, spec: RowSpec, repeats: int, num_steps: int, device: torch.device) -> RowResult:
+    set_packing(model, spec.packed, device)
     size = model.vision_spec.image_size
     H, A = model.config.model_cfg.action_horizon, model.config.model_cfg.action_dim
     gen = torch.Generator().manual_seed(1234)
@@ -472,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("context = VL tokens + mixer + cross-attention K/V + timestep modulations (reference: summed over all steps "
           "and branches); DiT = action encoder + DiT + decoder + Euler updates; per step = (context + DiT) / steps.")
     if "5a" in results and "5b" in results:
-        print(f"CFG {ROWS[4].cfg_scale:g}: nitrogen batched is {results['5a'].median() / results['5b'].median():.1f}x "
+        print(f"CFG {results['5b'].spec.cfg_scale:g}: nitrogen batched is {results['5a'].median() / results['5b'].median():.1f}x "
               "faster than the reference two-pass sampler (row 5a / row 5b).")
     if HEADLINE_KEY in results and device.type == "cpu" and not args.tiny:
         ms = results[HEADLINE_KEY].median()

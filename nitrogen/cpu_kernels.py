@@ -4,7 +4,8 @@ Each Euler step multiplies only ``B * H`` (18 for one client) action tokens by e
 on CPU the step is bound by how fast the weights stream through the matmul kernel. Giving oneDNN
 its weights pre-packed in its blocked layout makes these matmuls 1.5-2.5x faster than plain
 ``F.linear``. The packed copy lives beside the regular weight (the state dict is unchanged), is
-used only when autograd is off, and is bypassed if the weight has been modified since packing.
+used only when autograd is off, and is bypassed if the weight has been modified, moved or cast
+since packing.
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype in _PACKABLE and torch.backends.mkldnn.is_available()
 
 
+def _key(weight: Tensor) -> tuple[int, torch.dtype, int]:
+    """Identifies a weight's current values: storage, dtype, and in-place modification count."""
+    return weight.data_ptr(), weight.dtype, weight._version
+
+
 def _packed_forward(self: nn.Linear, x: Tensor) -> Tensor:
-    stale = self.weight._version != self._packed_version
+    stale = _key(self.weight) != self._packed_version
     if torch.is_grad_enabled() or stale or x.dtype != self.weight.dtype or x.device.type != "cpu":
         return F.linear(x, self.weight, self.bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self._packed_weight, self.bias, "none", [], "")
 
 
 def _packed_category_forward(self: nn.Module, x: Tensor, category: Tensor) -> Tensor:
-    stale = self.W._version != self._packed_version
+    stale = _key(self.W) != self._packed_version
     if torch.is_grad_enabled() or stale or x.dtype != self.W.dtype or x.device.type != "cpu":
         return type(self).forward(self, x, category)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self._packed_weight, self.b[0], "none", [], "")
@@ -62,7 +68,7 @@ def pack_linears(module: nn.Module, rows_hint: int = 18) -> int:
         if weight.device.type != "cpu" or weight.dtype not in _PACKABLE:
             continue
         layer._packed_weight = _pack(out_in, rows_hint)
-        layer._packed_version = weight._version
+        layer._packed_version = _key(weight)
         layer.forward = types.MethodType(forward, layer)
         packed += 1
     return packed

@@ -59,3 +59,15 @@ def test_state_dict_is_unchanged_by_packing():
     assert all(torch.equal(before[k], after[k]) for k in before)
     unpack_linears(mlp)
     assert not hasattr(mlp[0], "_packed_weight") and "forward" not in vars(mlp[0])
+
+
+def test_cast_weights_bypass_the_packed_copy():
+    mlp, _ = _layers(torch.float32)
+    pack_linears(mlp)
+    mlp.to(torch.bfloat16)
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = mlp(x)
+    unpack_linears(mlp)
+    with torch.no_grad():
+        assert torch.equal(got, mlp(x))
