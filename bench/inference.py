@@ -303,14 +303,16 @@ def run_chunk(
 
 
 def set_packing(model: NitroGenModel, packed: bool, device: torch.device) -> None:
-    """Pre-pack the denoiser's weights for oneDNN (what InferenceSession does on CPU), or undo it."""
-    parts = (model.model, model.action_encoder, model.action_decoder)
-    for part in parts:
-        unpack_linears(part)
+    """Pre-pack weights for oneDNN exactly as InferenceSession does on CPU, or undo it."""
+    unpack_linears(model)
     dtype = next(model.parameters()).dtype
     if packed and packing_available(device, dtype):
-        for part in parts:
-            pack_linears(part)
+        for part in (model.model, model.action_encoder, model.action_decoder):
+            pack_linears(part, model.config.model_cfg.action_horizon)
+        if dtype != torch.float32:
+            tokens = model.vision_spec.tokens_per_frame
+            pack_linears(model.vision_encoder, tokens)
+            pack_linears(model.vl_self_attention_model, tokens)
 
 
 def bench_row(model: NitroGenModel, spec: RowSpec, repeats: int, num_steps: int, device: torch.device) -> RowResult:
