@@ -33,3 +33,12 @@ def test_cli_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "nitrogen.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
     assert "info" in out.stdout and "convert" in out.stdout
+
+
+def test_every_golden_case_is_covered_by_the_parity_tests():
+    import json
+
+    from nitrogen.test_parity import CASES
+
+    index = json.loads((ROOT.parent / "shared" / "golden" / "index.json").read_text())
+    assert sorted(case["name"] for case in index) == sorted(CASES)
