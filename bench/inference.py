@@ -30,13 +30,15 @@ Run from the repository root::
     PYTHONPATH=. python bench/inference.py --device cuda
 
 The full-size model is the released config (494M parameters) with random weights: latency does not
-depend on the weight values. It is built once in fp32; the fp32 rows run first, then the model is
-converted in place to bf16 for the remaining rows.
+depend on the weight values. It is built once in fp32 and copied to bf16; the rows run round-robin
+(one repeat of every row, then the next repeat), so that the drift of a shared machine hits every
+row alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -315,22 +317,33 @@ def set_packing(model: NitroGenModel, packed: bool, device: torch.device) -> Non
             pack_linears(model.vl_self_attention_model, tokens)
 
 
-def bench_row(model: NitroGenModel, spec: RowSpec, repeats: int, num_steps: int, device: torch.device) -> RowResult:
-    set_packing(model, spec.packed, device)
-    size = model.vision_spec.image_size
-    H, A = model.config.model_cfg.action_horizon, model.config.model_cfg.action_dim
+def bench_rows(
+    models: dict[str, NitroGenModel], specs: Sequence[RowSpec], repeats: int, num_steps: int, device: torch.device
+) -> dict[str, RowResult]:
+    """Time every row, round-robin: repeat ``r`` of every row runs before repeat ``r + 1`` of any.
+
+    A shared 2-core machine drifts by 10-30% over minutes; interleaving spreads that drift over all
+    rows alike, so their ratios stay meaningful. Repeat 0 is a warm-up and is not recorded.
+    """
+    some = next(iter(models.values()))
+    size = some.vision_spec.image_size
+    H, A = some.config.model_cfg.action_horizon, some.config.model_cfg.action_dim
     gen = torch.Generator().manual_seed(1234)
-    result = RowResult(spec)
-    for rep in range(repeats + 1):  # the first is the warm-up
+    results = {spec.key: RowResult(spec) for spec in specs}
+    for rep in range(repeats + 1):
         pixels = (torch.rand(1, 3, size, size, generator=gen) * 2 - 1).to(device)
         noise = torch.randn(1, H, A, generator=gen).to(device)
-        total, sections = run_chunk(model, spec, pixels, noise, num_steps, device)
-        if rep == 0:
-            continue
-        result.totals_ms.append(total * 1e3)
-        for name in ("vision", "context", "dit"):
-            result.sections_ms[name].append(sections.get(name, 0.0) * 1e3)
-    return result
+        for spec in specs:
+            model = models[spec.weights]
+            set_packing(model, spec.packed, device)
+            total, sections = run_chunk(model, spec, pixels, noise, num_steps, device)
+            if rep == 0:
+                continue
+            results[spec.key].totals_ms.append(total * 1e3)
+            for name in ("vision", "context", "dit"):
+                results[spec.key].sections_ms[name].append(sections.get(name, 0.0) * 1e3)
+        print(f"  repeat {rep}/{repeats} done", file=sys.stderr, flush=True)
+    return results
 
 
 # ------------------------------------------------------------------------------------ report
@@ -472,19 +485,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sys.stdout.flush()
 
-    # fp32 rows first, then convert the same model in place: only one copy of the weights is held.
-    results: dict[str, RowResult] = {}
+    # One model per weight type (about 3 GB for the full size in fp32 + bf16), so rows can interleave.
+    models: dict[str, NitroGenModel] = {}
     for weights in ("fp32", "bf16"):
-        todo = [r for r in rows if r.weights == weights]
-        if not todo:
-            continue
-        if weights == "bf16":
-            model.to(torch.bfloat16)
-        for spec in todo:
-            t = time.perf_counter()
-            results[spec.key] = bench_row(model, spec, args.repeats, args.steps, device)
-            print(f"  row {spec.key} ({spec.label}, {spec.precision}): median {results[spec.key].median():.0f} ms "
-                  f"[{time.perf_counter() - t:.0f} s]", file=sys.stderr, flush=True)
+        if any(r.weights == weights for r in rows):
+            models[weights] = model if weights == "fp32" else copy.deepcopy(model).to(torch.bfloat16)
+    if not any(r.weights == "fp32" for r in rows):
+        del model
+    results = bench_rows(models, rows, args.repeats, args.steps, device)
     ordered = [results[r.key] for r in ROWS if r.key in results]
 
     print()
