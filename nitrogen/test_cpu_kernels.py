@@ -71,3 +71,39 @@ def test_cast_weights_bypass_the_packed_copy():
     unpack_linears(mlp)
     with torch.no_grad():
         assert torch.equal(got, mlp(x))
+
+
+def test_gelu_is_fused_into_the_matmul_and_unfused_on_unpack():
+    from nitrogen.layers import FeedForward
+
+    torch.manual_seed(0)
+    ff = FeedForward(64, dropout=0.0, activation="gelu-approximate", final_dropout=True).eval()
+    x = torch.randn(2, 18, 64)
+    with torch.inference_mode():
+        want = ff(x)
+        pack_linears(ff)
+        assert ff.net[0].proj._post_gelu == "tanh"
+        got = ff(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    unpack_linears(ff)
+    assert "forward" not in vars(ff.net[0]) and not hasattr(ff.net[0].proj, "_post_gelu")
+    with torch.inference_mode():
+        assert torch.allclose(ff(x), want, atol=0)
+
+
+def test_packed_vision_tower_matches_the_plain_one(tiny_ckpt):
+    from nitrogen.checkpoint import load_model
+
+    model, _ = load_model(tiny_ckpt)
+    pixels = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.inference_mode():
+        want = model.encode_frames(pixels)
+        assert pack_linears(model.vision_encoder, 16) > 0
+        mlp = model.vision_encoder.encoder.layers[0].mlp
+        assert isinstance(mlp.activation_fn, nn.Identity)
+        got = model.encode_frames(pixels)
+        unpack_linears(model.vision_encoder)
+        assert not isinstance(mlp.activation_fn, nn.Identity)
+        again = model.encode_frames(pixels)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.equal(again, want)
