@@ -498,11 +498,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(ordered, args.steps))
     print()
-    print("context = VL tokens + mixer + cross-attention K/V + timestep modulations (reference: summed over all steps "
-          "and branches); DiT = action encoder + DiT + decoder + Euler updates; per step = (context + DiT) / steps.")
+    print(
+        "context = VL tokens + mixer + cross-attention K/V + timestep modulations (reference: summed over all steps "
+        "and branches); DiT = action encoder + DiT + decoder + Euler updates; per step = (context + DiT) / steps."
+    )
     if "5a" in results and "5b" in results:
-        print(f"CFG {results['5b'].spec.cfg_scale:g}: nitrogen batched is {results['5a'].median() / results['5b'].median():.1f}x "
-              "faster than the reference two-pass sampler (row 5a / row 5b).")
+        print(
+            f"CFG {results['5b'].spec.cfg_scale:g}: nitrogen batched is "
+            f"{results['5a'].median() / results['5b'].median():.1f}x "
+            "faster than the reference two-pass sampler (row 5a / row 5b)."
+        )
     if HEADLINE_KEY in results and device.type == "cpu" and not args.tiny:
         ms = results[HEADLINE_KEY].median()
         verdict = "met" if ms <= CPU_TARGET_MS else "NOT met"

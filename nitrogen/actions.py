@@ -83,9 +83,7 @@ def pack_actions(buttons: Array, j_left: Array, j_right: Array) -> Array:
         if stick.shape[-1] != 2:
             raise ValueError(f"{name} must have 2 entries in the last dim, got shape {tuple(stick.shape)}")
         if stick.shape[:-1] != buttons.shape[:-1]:
-            raise ValueError(
-                f"{name} shape {tuple(stick.shape)} does not match buttons shape {tuple(buttons.shape)}"
-            )
+            raise ValueError(f"{name} shape {tuple(stick.shape)} does not match buttons shape {tuple(buttons.shape)}")
     return _cat([buttons * 1.0, (j_left + 1) / 2, (j_right + 1) / 2])
 
 

@@ -68,7 +68,9 @@ def _validate_game_mapping(raw: Any, where: str) -> GameMapping | None:
     # The unconditional game may be stored as None by older tools; it is "" here.
     mapping = {("" if k is None else str(k)): int(v) for k, v in raw.items()}
     if sorted(mapping.values()) != list(range(len(mapping))):
-        raise CheckpointError(f"{where}: game ids must be 0..{len(mapping) - 1} without gaps, got {sorted(mapping.values())}")
+        raise CheckpointError(
+            f"{where}: game ids must be 0..{len(mapping) - 1} without gaps, got {sorted(mapping.values())}"
+        )
     return mapping
 
 
@@ -83,7 +85,9 @@ def _torch_load(path: Path) -> Any:
                 f"{path}: contains a pickle that is not plain data: it refers to {found.group(1)!r}, which "
                 "weights_only loading refuses. Only checkpoints of tensors, dicts, lists, strings and numbers load."
             ) from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt, or not a torch.save file)") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt, or not a torch.save file)"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
 
@@ -162,12 +166,18 @@ def _check_state_dict(model: NitroGenModel, state: Mapping[str, torch.Tensor], w
     got = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(expected.keys() - got.keys())
     unexpected = sorted(got.keys() - expected.keys())
-    mismatched = [f"{k}: checkpoint {got[k]} vs model {expected[k]}" for k in sorted(expected.keys() & got.keys()) if got[k] != expected[k]]
+    mismatched = [
+        f"{k}: checkpoint {got[k]} vs model {expected[k]}"
+        for k in sorted(expected.keys() & got.keys())
+        if got[k] != expected[k]
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        problems.append(
+            f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+        )
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched[:8])}")
     if problems:

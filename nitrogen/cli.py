@@ -13,7 +13,12 @@ from rich.table import Table
 
 from .errors import NitrogenError
 
-app = typer.Typer(name="nitrogen", help="Serve, play and fine-tune NitroGen gaming agents.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    name="nitrogen",
+    help="Serve, play and fine-tune NitroGen gaming agents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -87,18 +92,38 @@ def info(
     summary = Table(title="Config", show_header=False)
     summary.add_column("field")
     summary.add_column("value")
-    summary.add_row("vision encoder", f"{mcfg.vision_encoder_name}: {spec.num_layers} layers, width {spec.hidden_size}, "
-                    f"{spec.num_heads} heads, patch {spec.patch_size}, image {spec.image_size} -> {spec.tokens_per_frame} tokens/frame")
-    summary.add_row("VL mixer", f"{mixer.num_layers} blocks, {mixer.num_attention_heads}x{mixer.attention_head_dim} heads, "
-                    f"positions: {mixer.positional_embeddings or 'none'}")
-    summary.add_row("DiT", f"{dit.num_layers} blocks, width {dit.inner_dim}, "
-                    f"{'interleaved cross/self attention' if dit.interleave_self_attention else 'cross attention in every block'}, "
-                    f"positions: {dit.positional_embeddings or 'none'}")
-    summary.add_row("actions", f"horizon {mcfg.action_horizon} x {mcfg.action_dim} dims, action position embedding: {mcfg.add_pos_embed}")
-    summary.add_row("sampling", f"{mcfg.num_inference_timesteps} Euler steps, {mcfg.num_timestep_buckets} timestep buckets")
-    summary.add_row("training time", f"t = (1 - Beta({mcfg.noise_beta_alpha}, {mcfg.noise_beta_beta})) * {mcfg.noise_s}")
-    summary.add_row("context", f"{modality.frame_per_sample} frame(s), max {tcfg.max_sequence_length} VL tokens, "
-                    f"action shift {modality.action_shift} frames")
+    summary.add_row(
+        "vision encoder",
+        f"{mcfg.vision_encoder_name}: {spec.num_layers} layers, width {spec.hidden_size}, "
+        f"{spec.num_heads} heads, patch {spec.patch_size}, image {spec.image_size} "
+        f"-> {spec.tokens_per_frame} tokens/frame",
+    )
+    summary.add_row(
+        "VL mixer",
+        f"{mixer.num_layers} blocks, {mixer.num_attention_heads}x{mixer.attention_head_dim} heads, "
+        f"positions: {mixer.positional_embeddings or 'none'}",
+    )
+    summary.add_row(
+        "DiT",
+        f"{dit.num_layers} blocks, width {dit.inner_dim}, "
+        f"{'interleaved cross/self attention' if dit.interleave_self_attention else 'cross attention in every block'}, "
+        f"positions: {dit.positional_embeddings or 'none'}",
+    )
+    summary.add_row(
+        "actions",
+        f"horizon {mcfg.action_horizon} x {mcfg.action_dim} dims, action position embedding: {mcfg.add_pos_embed}",
+    )
+    summary.add_row(
+        "sampling", f"{mcfg.num_inference_timesteps} Euler steps, {mcfg.num_timestep_buckets} timestep buckets"
+    )
+    summary.add_row(
+        "training time", f"t = (1 - Beta({mcfg.noise_beta_alpha}, {mcfg.noise_beta_beta})) * {mcfg.noise_s}"
+    )
+    summary.add_row(
+        "context",
+        f"{modality.frame_per_sample} frame(s), max {tcfg.max_sequence_length} VL tokens, "
+        f"action shift {modality.action_shift} frames",
+    )
     console.print(summary)
 
     params = Table(title="Parameters")

@@ -26,7 +26,9 @@ def timestep_features(buckets: Tensor, dim: int = 256, max_period: float = 10000
     Frequencies ``exp(-ln(max_period) * k / (dim/2 - 1))``; the output is ``[cos | sin]``.
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=buckets.device) / (half - 1))
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=buckets.device) / (half - 1)
+    )
     angles = buckets.float()[:, None] * freqs[None, :]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
@@ -152,7 +154,11 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, dropout: float, activation: str, final_dropout: bool, mult: int = 4):
         super().__init__()
         approximate = "tanh" if activation == "gelu-approximate" else "none"
-        layers: list[nn.Module] = [GELUProjection(dim, dim * mult, approximate), nn.Dropout(dropout), nn.Linear(dim * mult, dim)]
+        layers: list[nn.Module] = [
+            GELUProjection(dim, dim * mult, approximate),
+            nn.Dropout(dropout),
+            nn.Linear(dim * mult, dim),
+        ]
         if final_dropout:
             layers.append(nn.Dropout(dropout))
         self.net = nn.ModuleList(layers)
@@ -184,10 +190,14 @@ class TransformerBlock(nn.Module):
         dim = cfg.inner_dim
         self.adaptive = adaptive
         self.pos_embed = (
-            SinusoidalPositions(dim, cfg.max_num_positional_embeddings) if cfg.positional_embeddings == "sinusoidal" else None
+            SinusoidalPositions(dim, cfg.max_num_positional_embeddings)
+            if cfg.positional_embeddings == "sinusoidal"
+            else None
         )
         self.norm1 = AdaLayerNorm(dim) if adaptive else nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_affine)
-        self.attn1 = Attention(dim, cfg.num_attention_heads, cfg.attention_head_dim, cfg.attention_bias, cfg.dropout, context_dim)
+        self.attn1 = Attention(
+            dim, cfg.num_attention_heads, cfg.attention_head_dim, cfg.attention_bias, cfg.dropout, context_dim
+        )
         self.norm3 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_affine)
         self.ff = FeedForward(dim, cfg.dropout, cfg.activation_fn, cfg.final_dropout)
         self.final_dropout = nn.Dropout(cfg.dropout) if cfg.final_dropout else None

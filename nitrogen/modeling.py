@@ -171,7 +171,9 @@ class Conditioning:
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
         """Stack several conditionings along the batch, e.g. CFG's two branches or many clients."""
         keys = parts[0].kv.keys()
-        return Conditioning({i: (torch.cat([p.kv[i][0] for p in parts]), torch.cat([p.kv[i][1] for p in parts])) for i in keys})
+        return Conditioning(
+            {i: (torch.cat([p.kv[i][0] for p in parts]), torch.cat([p.kv[i][1] for p in parts])) for i in keys}
+        )
 
 
 class NitroGenModel(nn.Module):
@@ -311,7 +313,9 @@ class NitroGenModel(nn.Module):
     def sample_time(self, batch: int, device: torch.device) -> Tensor:
         """Flow time ``t = (1 - Beta(alpha, beta)) * s``, weighted towards the data end."""
         mcfg = self.config.model_cfg
-        beta = Beta(torch.tensor(mcfg.noise_beta_alpha, device=device), torch.tensor(mcfg.noise_beta_beta, device=device))
+        beta = Beta(
+            torch.tensor(mcfg.noise_beta_alpha, device=device), torch.tensor(mcfg.noise_beta_beta, device=device)
+        )
         return (1 - beta.sample((batch,))) * mcfg.noise_s
 
     def flow_matching_loss(

@@ -188,7 +188,9 @@ class InferenceSession:
     @property
     def precision(self) -> str:
         weights = str(next(self.model.parameters()).dtype).removeprefix("torch.")
-        return f"{weights} weights" + (f", {str(self.autocast_dtype).removeprefix('torch.')} autocast" if self.autocast_dtype else "")
+        return f"{weights} weights" + (
+            f", {str(self.autocast_dtype).removeprefix('torch.')} autocast" if self.autocast_dtype else ""
+        )
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -244,7 +246,12 @@ class InferenceSession:
             action = actions[0].float().cpu().numpy()
             t3 = time.perf_counter()
             self.num_predictions += 1
-        timing = {"vision_ms": (t1 - t0) * 1e3, "context_ms": (t2 - t1) * 1e3, "sample_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+        timing = {
+            "vision_ms": (t1 - t0) * 1e3,
+            "context_ms": (t2 - t1) * 1e3,
+            "sample_ms": (t3 - t2) * 1e3,
+            "total_ms": (t3 - t0) * 1e3,
+        }
         return ActionChunk.from_action_tensor(action, timing)
 
     def reset(self) -> None:

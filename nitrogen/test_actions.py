@@ -41,7 +41,7 @@ def test_round_trip(as_torch):
     packed = pack_actions(*args)
     assert tuple(packed.shape) == (18, 25)
     out = unpack_actions(packed)
-    for got, want in zip(out, (j_left, j_right, buttons)):
+    for got, want in zip(out, (j_left, j_right, buttons), strict=True):
         np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
 
 

@@ -27,7 +27,14 @@ def test_info_json_reports_counts_games_and_layout(golden_dir):
 def test_info_tables(golden_dir):
     result = runner.invoke(app, ["info", str(golden_dir / "game_padded.pt")])
     assert result.exit_code == 0, result.output
-    for text in ("Parameters", "Game mapping", "alpha", "Action layout", "RIGHT_TRIGGER", "google/siglip-large-patch16-256"):
+    for text in (
+        "Parameters",
+        "Game mapping",
+        "alpha",
+        "Action layout",
+        "RIGHT_TRIGGER",
+        "google/siglip-large-patch16-256",
+    ):
         assert text in result.output
 
 
@@ -38,7 +45,10 @@ def test_convert_both_ways_keeps_behaviour(golden_dir, tmp_path):
     assert runner.invoke(app, ["convert", str(st), str(pt)]).exit_code == 0
     frame = np.load(golden_dir / "game_padded.npz")["image_0"]
     noise = np.zeros((18, 25), np.float32)
-    outs = [InferenceSession.from_checkpoint(p, device="cpu", game="alpha").predict(frame, noise=noise) for p in (src, st, pt)]
+    outs = [
+        InferenceSession.from_checkpoint(p, device="cpu", game="alpha").predict(frame, noise=noise)
+        for p in (src, st, pt)
+    ]
     for out in outs[1:]:
         np.testing.assert_array_equal(out.action_tensor, outs[0].action_tensor)
 

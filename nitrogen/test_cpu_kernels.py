@@ -12,7 +12,9 @@ pytestmark = pytest.mark.skipif(
 
 def _layers(dtype):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)).to(dtype), CategorySpecificLinear(1, 64, 32).to(dtype)
+    return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)).to(dtype), CategorySpecificLinear(
+        1, 64, 32
+    ).to(dtype)
 
 
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-5), (torch.bfloat16, 0.0)])

@@ -109,7 +109,9 @@ def test_games_by_name_or_id(golden_dir, tiny_ckpt, frames):
     assert by_name.list_games() == {"": 0, "alpha": 1, "beta": 2}
     assert by_name.game_id == by_id.game_id == by_text_id.game_id == 2
     noise = _noise(4)
-    np.testing.assert_array_equal(by_name.predict(frames[0], noise=noise).action_tensor, by_id.predict(frames[0], noise=noise).action_tensor)
+    np.testing.assert_array_equal(
+        by_name.predict(frames[0], noise=noise).action_tensor, by_id.predict(frames[0], noise=noise).action_tensor
+    )
     with pytest.raises(ValueError, match="unknown game 'gamma'.*alpha"):
         InferenceSession.from_checkpoint(path, device="cpu", game="gamma")
     with pytest.raises(ValueError, match="no game mapping"):
@@ -121,8 +123,12 @@ def test_cfg_keeps_the_game_in_the_conditional_branch(golden_dir, frames):
     # so the chosen game still changes the guided prediction.
     path = golden_dir / "game_padded.pt"
     noise = _noise(5)
-    alpha = InferenceSession.from_checkpoint(path, device="cpu", game="alpha", cfg_scale=2.0).predict(frames[0], noise=noise)
-    beta = InferenceSession.from_checkpoint(path, device="cpu", game="beta", cfg_scale=2.0).predict(frames[0], noise=noise)
+    alpha = InferenceSession.from_checkpoint(path, device="cpu", game="alpha", cfg_scale=2.0).predict(
+        frames[0], noise=noise
+    )
+    beta = InferenceSession.from_checkpoint(path, device="cpu", game="beta", cfg_scale=2.0).predict(
+        frames[0], noise=noise
+    )
     assert not np.allclose(alpha.action_tensor, beta.action_tensor)
 
 

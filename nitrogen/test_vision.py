@@ -25,8 +25,9 @@ def test_tower_is_flat_and_matches_the_spec():
 
 def test_locally_cached_config_is_used_for_other_names(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    SiglipVisionConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=6,
-                       image_size=128, patch_size=32).save_pretrained(tmp_path / "my-siglip")
+    SiglipVisionConfig(
+        hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=6, image_size=128, patch_size=32
+    ).save_pretrained(tmp_path / "my-siglip")
     spec = lookup_spec(str(tmp_path / "my-siglip"))
     assert (spec.hidden_size, spec.num_layers, spec.num_heads, spec.tokens_per_frame) == (96, 3, 6, 16)
 
