@@ -197,7 +197,9 @@ class NitroGenModel(nn.Module):
             self.position_embedding = nn.Embedding(mcfg.max_seq_len, mcfg.hidden_size)
         if num_games is not None:
             # Row 0 is the unconditional game.
-            self.game_embedding = nn.Embedding(num_games, mcfg.vision_hidden_size, padding_idx=0)
+            self.game_embedding = nn.Embedding(
+                num_games, mcfg.vision_hidden_size, padding_idx=0, scale_grad_by_freq=True
+            )
 
     # ----------------------------------------------------------------------------------- context
 
@@ -231,11 +233,10 @@ class NitroGenModel(nn.Module):
             image = feats.reshape(-1, feats.shape[-1])  # (F_b * P, D)
             parts = [image]
             if self.has_games:
-                slot = (
-                    self.game_embedding.weight[game][None].to(image.dtype)
-                    if game is not None
-                    else image.new_zeros(1, image.shape[-1])
-                )
+                if game is None:
+                    slot = image.new_zeros(1, image.shape[-1])
+                else:
+                    slot = self.game_embedding(torch.tensor([game], device=image.device)).to(image.dtype)
                 parts.insert(0, slot)
             n = sum(p.shape[0] for p in parts)
             if n > S:

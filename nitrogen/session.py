@@ -89,15 +89,19 @@ class InferenceSession:
         self.cfg_scale = float(cfg_scale)
         if not math.isfinite(self.cfg_scale):
             raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
-        self.context_length = int(context_length or self.config.modality_cfg.frame_per_sample)
+        self.context_length = int(
+            self.config.modality_cfg.frame_per_sample if context_length is None else context_length
+        )
+        if self.context_length < 1:
+            raise ValueError(f"context_length must be at least 1 frame, got {self.context_length}")
         tokens = self.context_length * model.vision_spec.tokens_per_frame + int(model.has_games)
-        if self.context_length < 1 or tokens > tcfg.max_sequence_length:
+        if tokens > tcfg.max_sequence_length:
             raise ValueError(
                 f"context_length={self.context_length} needs {tokens} VL tokens, but this checkpoint allows "
                 f"{tcfg.max_sequence_length} ({model.vision_spec.tokens_per_frame} per frame"
                 f"{' + 1 game token' if model.has_games else ''})"
             )
-        self.num_steps = int(num_steps or mcfg.num_inference_timesteps)
+        self.num_steps = int(mcfg.num_inference_timesteps if num_steps is None else num_steps)
         if not 1 <= self.num_steps <= mcfg.num_timestep_buckets:
             raise ValueError(f"num_steps must be in 1..{mcfg.num_timestep_buckets}, got {self.num_steps}")
         self.seed = seed

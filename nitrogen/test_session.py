@@ -97,8 +97,9 @@ def test_num_steps_override(tiny_ckpt, frames):
     two = s.predict(frames[0], noise=noise)
     four = InferenceSession.from_checkpoint(tiny_ckpt, device="cpu").predict(frames[0], noise=noise)
     assert not np.allclose(two.action_tensor, four.action_tensor)
-    with pytest.raises(ValueError, match="num_steps"):
-        InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", num_steps=5000)
+    for bad in (0, 5000):
+        with pytest.raises(ValueError, match="num_steps"):
+            InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", num_steps=bad)
 
 
 def test_games_by_name_or_id(golden_dir, tiny_ckpt, frames):
@@ -135,6 +136,8 @@ def test_cfg_keeps_the_game_in_the_conditional_branch(golden_dir, frames):
 def test_context_longer_than_the_checkpoint_allows(tiny_ckpt):
     with pytest.raises(ValueError, match="context_length=2 needs 32 VL tokens"):
         InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", context_length=2)
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", context_length=0)
 
 
 def test_bfloat16_on_cpu_is_close_to_float32(tiny_ckpt, frames):
