@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "save_checkpoint": "checkpoint",
     "NitroGenModel": "modeling",
     "InferenceSession": "session",
+    "PolicyEngine": "engine",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -58,4 +59,5 @@ if TYPE_CHECKING:
     from .errors import CheckpointError, NitrogenError, UnknownVisionEncoderError  # noqa: F401
     from .modeling import NitroGenModel  # noqa: F401
     from .policy import ActionChunk, Policy  # noqa: F401
+    from .engine import PolicyEngine  # noqa: F401
     from .session import InferenceSession  # noqa: F401

@@ -285,27 +285,32 @@ class NitroGenModel(nn.Module):
         uncond: Conditioning | None = None,
         cfg_scale: Tensor | float = 1.0,
         schedule: Schedule | None = None,
+        guided: Tensor | None = None,
     ) -> Tensor:
         """Integrate the flow from ``noise (B, H, A)`` with ``num_steps`` Euler steps.
 
-        With ``uncond``, classifier-free guidance ``v = v_c + s (v_c - v_u)`` runs both branches as
-        one batched pass. ``cfg_scale`` is a float or a per-sample ``(B,)`` tensor. The actions are
-        accumulated in float32 whatever the compute precision.
+        With ``uncond (U rows)``, classifier-free guidance ``v = v_c + s (v_c - v_u)`` applies to
+        the samples ``guided (U,)`` (default: all ``B``, then ``U == B``), and both branches run as
+        one batched pass. ``cfg_scale`` is a float or a ``(U,)`` tensor. A batch may thus mix guided
+        and unguided samples. The actions are accumulated in float32 whatever the compute precision.
         """
         if schedule is None:
             schedule = self.model.schedule(self.step_buckets(num_steps, noise.device))
         B = noise.shape[0]
+        if uncond is not None and guided is None:
+            guided = torch.arange(B, device=noise.device)
         both = cond if uncond is None else Conditioning.cat([cond, uncond])
         scale = torch.as_tensor(cfg_scale, dtype=torch.float32, device=noise.device).reshape(-1, 1, 1)
         x = noise.float()
         dt = 1.0 / num_steps
         for i in range(num_steps):
             buckets, mods, out_mod = schedule.step(i, both.batch_size)
-            xin = x if uncond is None else torch.cat([x, x])
+            # The unconditional rows see the same noisy actions as the samples they guide.
+            xin = x if guided is None else torch.cat([x, x[guided]])
             v = self.velocity(xin, both, buckets, mods, out_mod).float()
-            if uncond is not None:
+            if guided is not None:
                 v_cond, v_uncond = v[:B], v[B:]
-                v = v_cond + scale * (v_cond - v_uncond)
+                v = v_cond.index_add(0, guided, scale * (v_cond[guided] - v_uncond))
             x = x + dt * v
         return x
 
