@@ -174,6 +174,101 @@ def convert(
     console.print(f"wrote {written} ({written.stat().st_size:,} bytes)")
 
 
+keys_app = typer.Typer(help="CURVE keys for serving beyond loopback.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    directory: Annotated[Path, typer.Argument(help="Folder for the server key and the clients/ allow-list.")],
+    clients: Annotated[int, typer.Option(help="How many client keypairs to create.", min=1)] = 1,
+) -> None:
+    """Create a server keypair and client keypairs for `nitrogen serve --curve-dir`."""
+    from .keys import generate_keys
+
+    try:
+        paths = generate_keys(directory, clients=clients)
+    except (FileExistsError, OSError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"server public key: {paths.server_public} (give it to clients)")
+    console.print(f"server secret key: {paths.server_secret} (keep it on the server)")
+    console.print(f"allowed client public keys: {paths.clients_dir}")
+    for secret in paths.client_secret:
+        console.print(f"client secret key: {secret} (copy to that client)")
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pt (released format) or .safetensors checkpoint.")],
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs CURVE or --insecure.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 5555,
+    cfg: Annotated[float, typer.Option("--cfg", help="Default CFG scale; 1.0 is off.")] = 1.0,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Frames of context (default: the checkpoint's).")] = None,
+    game: Annotated[str | None, typer.Option(help="Default game, by name or id (see `nitrogen info`).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Euler steps (default: the checkpoint's).")] = None,
+    device: Annotated[str | None, typer.Option(help="cuda, cpu, cuda:1, ... (default: CUDA if available).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 or bfloat16 weights (default: see README).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most predict requests run as one batch.")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests.")] = 2.0,
+    curve_dir: Annotated[Path | None, typer.Option(help="Keys from `nitrogen keys generate`: turns CURVE on.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback --host without CURVE.")] = False,
+    legacy_pickle: Annotated[
+        bool, typer.Option(help="Accept the original client's pickled messages (restricted unpickler).")
+    ] = False,
+    stats_interval_s: Annotated[float, typer.Option(help="Seconds between stats log lines.")] = 30.0,
+) -> None:
+    """Serve a checkpoint to game machines over ZeroMQ (msgpack protocol, per-client sessions, batching)."""
+    import logging
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from .engine import PolicyEngine
+    from .server import InferenceServer, ServerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = ServerConfig(
+            host=host,
+            port=port,
+            cfg_scale=cfg,
+            context_length=ctx,
+            game=int(game) if game is not None and game.isdigit() else game,
+            max_batch=max_batch,
+            batch_wait_ms=batch_wait_ms,
+            curve_dir=curve_dir,
+            insecure=insecure,
+            legacy_pickle=legacy_pickle,
+            stats_interval_s=stats_interval_s,
+        )
+    except ValidationError as exc:
+        _fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
+    try:
+        engine = PolicyEngine.from_checkpoint(checkpoint, device=device, dtype=dtype, num_steps=steps)
+        server = InferenceServer(engine, config).start()
+    except (NitrogenError, ValueError, OSError) as exc:
+        _fail(exc)
+    info = engine.info()
+    console.print(
+        f"serving [bold]{checkpoint}[/] on [bold]{server.address}[/]"
+        f"{' (CURVE)' if curve_dir else ''}{' (legacy pickle accepted)' if legacy_pickle else ''}\n"
+        f"  {info['device']}, {info['precision']}, {info['num_steps']} steps, context {server.context_length}, "
+        f"cfg {cfg}, game {server.default_game[1]!r}, batches up to {max_batch} within {batch_wait_ms} ms"
+    )
+
+    def shutdown(signum: int, _frame: object) -> None:
+        console.print(f"{signal.Signals(signum).name}: answering requests in flight, then stopping")
+        threading.Thread(target=server.stop, daemon=True).start()
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
+    server.wait()
+    console.print("stopped")
+
+
 def main() -> None:
     app()
 
