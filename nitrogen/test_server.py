@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -332,3 +333,46 @@ def test_exposure_rules():
 def test_server_error_surfaces_in_the_client(server, golden):
     with ModelClient(server.address) as client, pytest.raises(ServerError, match="noise"):
         client.predict(golden["released_layout"]["image_0"], noise=np.zeros((18, 24), np.float32))
+
+
+def test_stats_line_is_logged(engine, golden, caplog):
+    z = golden["released_layout"]
+    with caplog.at_level("INFO", logger="nitrogen.server"):
+        with InferenceServer(engine, ServerConfig(port=0, stats_interval_s=0.05)) as srv:
+            with ModelClient(srv.address) as client:
+                client.predict(z["image_0"], seed=0)
+                client.ping()
+            deadline = time.monotonic() + 5
+            while "predictions=1 " not in caplog.text and time.monotonic() < deadline:
+                threading.Event().wait(0.05)
+    line = [r.getMessage() for r in caplog.records if "predictions=1 " in r.getMessage()][-1]
+    assert re.search(r"requests=\d+ predictions=1 errors=0 sessions=1 batches=1 mean_batch=1.00 max_batch=1", line)
+    assert re.search(r"p50=\d+\.\dms p95=\d+\.\dms", line)
+
+
+def test_serve_command_starts_answers_and_stops_on_sigterm(golden_dir, golden):
+    import signal
+    import subprocess
+    import sys
+
+    z = golden["released_layout"]
+    cmd = [sys.executable, "-m", "nitrogen.cli", "serve", str(golden_dir / "released_layout.pt"), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        address = None
+        for line in proc.stdout:
+            match = re.search(r"tcp://127\.0\.0\.1:\d+", line)
+            if match:
+                address = match.group(0)
+                break
+        assert address, "the server did not print its address"
+        with ModelClient(address, timeout_s=30) as client:
+            out = client.predict(z["image_0"], noise=z["noise_0"])
+        np.testing.assert_allclose(out.action_tensor, z["action_tensor_0"], atol=1e-4)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
