@@ -134,6 +134,7 @@ class InferenceServer:
         self.sessions: OrderedDict[bytes, ClientSession] = OrderedDict()
         self._sessions_lock = threading.Lock()
         self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._backlog: deque[_Job] = deque()  # deferred jobs, only touched by the worker
         self._ctx = zmq.Context()
         self._auth: Any = None
         self._stopping = threading.Event()
@@ -391,25 +392,32 @@ class InferenceServer:
 
     # ---------------------------------------------------------------------------------- worker
 
-    def _next_batch(self) -> list[_Job]:
-        """Wait for one job, then gather more for up to ``batch_wait_ms``, one per client."""
+    def _next_job(self, timeout: float) -> _Job | None:
+        if self._backlog:
+            return self._backlog.popleft()
         try:
-            first = self._jobs.get(timeout=0.05)
+            return self._jobs.get(timeout=timeout) if timeout > 0 else self._jobs.get_nowait()
         except queue.Empty:
+            return None
+
+    def _next_batch(self) -> list[_Job]:
+        """Wait for one job, then gather more for up to ``batch_wait_ms``, one per client.
+
+        A client's second request depends on the history its first one leaves, so it waits for the
+        next batch, ahead of anything that arrived later.
+        """
+        first = self._next_job(0.05)
+        if first is None:
             return []
         batch, seen, deferred = [first], {first.identity}, []
         deadline = time.perf_counter() + self.config.batch_wait_ms / 1e3
         while len(batch) < self.config.max_batch:
-            remaining = deadline - time.perf_counter()
-            try:
-                job = self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
-            except queue.Empty:
+            job = self._next_job(deadline - time.perf_counter())
+            if job is None:
                 break
-            # A client's second request depends on the first one's history: it waits a batch.
             (deferred if job.identity in seen else batch).append(job)
             seen.add(job.identity)
-        for job in deferred:
-            self._jobs.put(job)
+        self._backlog.extendleft(reversed(deferred))
         return batch
 
     def _worker_loop(self) -> None:

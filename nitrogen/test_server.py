@@ -376,3 +376,26 @@ def test_serve_command_starts_answers_and_stops_on_sigterm(golden_dir, golden):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_pipelined_requests_from_one_client_keep_their_order(golden_dir, golden):
+    # A DEALER may send several predicts without waiting; each must see the history before it.
+    path = golden_dir / "two_frames_cfg_sinusoidal.pt"
+    z = golden["two_frames_cfg_sinusoidal"]
+    engine = PolicyEngine.from_checkpoint(path, device="cpu")
+    with InferenceServer(engine, ServerConfig(port=0, cfg_scale=2.0, batch_wait_ms=100)) as srv:
+        sock = _socket(zmq.Context.instance(), srv.address, zmq.DEALER, identity=b"pipeliner")
+        for i in range(2):
+            sock.send(
+                protocol.encode(
+                    {"v": 1, "type": "predict", "id": i, "frame": z[f"image_{i}"], "noise": z[f"noise_{i}"]}
+                )
+            )
+        replies = {}
+        for _ in range(2):
+            assert sock.poll(10_000)
+            reply = protocol.decode(sock.recv())
+            replies[reply["id"]] = reply
+        sock.close()
+    for i in range(2):
+        np.testing.assert_allclose(replies[i]["pred"]["action_tensor"], z[f"action_tensor_{i}"], atol=1e-4)
