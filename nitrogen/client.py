@@ -1,7 +1,7 @@
 """The light client: ask a remote NitroGen server for actions, without torch on this machine.
 
-Imports only numpy, pyzmq, msgpack and the light ``nitrogen`` modules (protocol, policy, actions,
-keys)::
+Imports only numpy, pyzmq, msgpack and the light ``nitrogen`` modules (protocol, policy, keys;
+policy brings in actions)::
 
     with ModelClient("tcp://gpu-box:5555") as policy:
         chunk = policy.predict(frame)          # uint8 (H, W, 3) RGB, or a PIL image
