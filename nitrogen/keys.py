@@ -116,7 +116,7 @@ def generate_keys(directory: StrPath, *, clients: int = 1) -> KeyPaths:
         moves: list[tuple[Path, Path]] = []
         for name, public_dst, secret_dst in [
             (SERVER_NAME, server_public, server_secret),
-            *zip(names, client_public, client_secret),
+            *zip(names, client_public, client_secret, strict=True),
         ]:
             public_src, secret_src = (Path(p) for p in zmq.auth.create_certificates(staging, name))
             os.chmod(secret_src, _SECRET_MODE)

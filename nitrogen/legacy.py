@@ -232,7 +232,8 @@ def frame_from_legacy(image: Any) -> np.ndarray:
         if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
             return image
         raise LegacyPickleError(
-            f"expected 'image' as a uint8 (H, W, 3) array or a PIL image, got a {image.dtype} array of shape {image.shape}"
+            f"expected 'image' as a uint8 (H, W, 3) array or a PIL image, "
+            f"got a {image.dtype} array of shape {image.shape}"
         )
     Image = _pil_image()
     if Image is not None and isinstance(image, Image.Image):
