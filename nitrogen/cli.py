@@ -218,6 +218,8 @@ def serve(
         bool, typer.Option(help="Accept the original client's pickled messages (restricted unpickler).")
     ] = False,
     stats_interval_s: Annotated[float, typer.Option(help="Seconds between stats log lines.")] = 30.0,
+    max_sessions: Annotated[int, typer.Option(help="Most client sessions kept; the least recently used goes.")] = 256,
+    session_ttl_s: Annotated[float, typer.Option(help="Idle seconds before a client session expires.")] = 600.0,
 ) -> None:
     """Serve a checkpoint to game machines over ZeroMQ (msgpack protocol, per-client sessions, batching)."""
     import logging
@@ -243,6 +245,8 @@ def serve(
             insecure=insecure,
             legacy_pickle=legacy_pickle,
             stats_interval_s=stats_interval_s,
+            max_sessions=max_sessions,
+            session_ttl_s=session_ttl_s,
         )
     except ValidationError as exc:
         _fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))

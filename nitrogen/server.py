@@ -265,6 +265,7 @@ class InferenceServer:
             "sessions": len(self.sessions),
             "stats": self.stats.snapshot(),
             "protocol_version": protocol.PROTOCOL_VERSION,
+            "ckpt_config": self.engine.config.to_dict(),
         }
         if session is not None:
             info["session"] = {

@@ -68,3 +68,18 @@ def test_bad_checkpoint_is_a_clear_error_not_a_traceback(tmp_path):
     assert result.exit_code == 1
     assert "error:" in result.output and "not a readable PyTorch checkpoint" in result.output
     assert "Traceback" not in result.output
+
+
+def test_keys_generate_writes_a_server_key_and_an_allow_list(tmp_path):
+    result = runner.invoke(app, ["keys", "generate", str(tmp_path / "keys"), "--clients", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "keys" / "server.key_secret").is_file()
+    assert len(list((tmp_path / "keys" / "clients").glob("*.key"))) == 2
+    again = runner.invoke(app, ["keys", "generate", str(tmp_path / "keys")])
+    assert again.exit_code == 1 and "refusing to overwrite" in again.output
+
+
+def test_serve_refuses_an_exposed_host_without_keys(golden_dir):
+    result = runner.invoke(app, ["serve", str(golden_dir / "released_layout.pt"), "--host", "0.0.0.0"])
+    assert result.exit_code == 1
+    assert "CURVE" in result.output and "--insecure" in result.output
