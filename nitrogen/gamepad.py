@@ -49,7 +49,9 @@ class GamepadState:
     def without(self, buttons: Iterable[str]) -> GamepadState:
         """The same state with ``buttons`` released (e.g. the menu buttons)."""
         drop = frozenset(buttons)
-        return GamepadState(self.buttons - drop, self.left_stick, self.right_stick, self.left_trigger, self.right_trigger)
+        return GamepadState(
+            self.buttons - drop, self.left_stick, self.right_stick, self.left_trigger, self.right_trigger
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {
