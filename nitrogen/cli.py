@@ -273,6 +273,99 @@ def serve(
     console.print("stopped")
 
 
+@app.command("play")
+def play_command(
+    env: Annotated[str | None, typer.Option(help="Embedded game: ale:Breakout, gym:CarRacing-v3, ...")] = None,
+    process: Annotated[str | None, typer.Option(help="Desktop game by process name (case-insensitive).")] = None,
+    pid: Annotated[int | None, typer.Option(help="Desktop game by process id.")] = None,
+    server: Annotated[str | None, typer.Option(help="Policy server address, tcp://HOST:PORT.")] = None,
+    port: Annotated[int | None, typer.Option(help="Shorthand for --server tcp://127.0.0.1:PORT.")] = None,
+    ckpt: Annotated[Path | None, typer.Option(help="Run the policy in-process from this checkpoint.")] = None,
+    replay: Annotated[Path | None, typer.Option(help="Replay a run's actions.jsonl instead of a model.")] = None,
+    mode: Annotated[str, typer.Option(help="sync (the game waits for the policy) or async (it never waits).")] = (
+        "async"
+    ),
+    steps: Annotated[int | None, typer.Option(help="Stop each episode after this many game frames.")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes to play.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seed of the game (and of the policy's noise in-process).")] = None,
+    allow_menu: Annotated[bool, typer.Option(help="Let START, GUIDE and BACK through.")] = False,
+    startup: Annotated[Path | None, typer.Option(help="JSON list of start-up presses [{buttons, frames}].")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for run folders (videos, actions.jsonl, episode.json).")] = Path(
+        "runs"
+    ),
+    video: Annotated[bool, typer.Option(help="Write the clean and debug videos.")] = True,
+    fps: Annotated[float | None, typer.Option(help="Game clock for async mode (default: the game's).")] = None,
+    device: Annotated[str | None, typer.Option(help="For --ckpt: cuda, cpu, ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="For --ckpt: float32 or bfloat16 weights.")] = None,
+    game: Annotated[str | None, typer.Option(help="For --ckpt: the game to condition on, by name or id.")] = None,
+) -> None:
+    """Let the agent play a game through a virtual gamepad, and record the run."""
+    import json as _json
+
+    from pydantic import ValidationError
+
+    from .play import PlayConfig, StartupPress, play
+
+    targets = [t for t in (env, process, pid) if t is not None]
+    if len(targets) != 1:
+        _fail(ValueError("give exactly one of --env, --process or --pid"))
+    sources = [s for s in (server, port, ckpt, replay) if s is not None]
+    if len(sources) != 1:
+        _fail(ValueError("give exactly one policy: --server, --port, --ckpt or --replay"))
+    try:
+        presses = [StartupPress(**p) for p in _json.loads(startup.read_text())] if startup else []
+        config = PlayConfig(
+            mode=mode,
+            max_frames=steps,
+            episodes=episodes,
+            seed=seed,
+            allow_menu=allow_menu,
+            startup=presses,
+            fps=fps,
+            video=video,
+        )
+    except (ValidationError, ValueError, OSError, TypeError) as exc:
+        _fail(ValueError(f"invalid play settings: {exc}"))
+
+    try:
+        if ckpt is not None:
+            from .session import InferenceSession
+
+            policy = InferenceSession.from_checkpoint(ckpt, device=device, dtype=dtype, game=game, seed=seed)
+        elif replay is not None:
+            from .policy import ReplayPolicy
+
+            policy = ReplayPolicy(replay)
+        else:
+            from .client import ModelClient
+
+            policy = ModelClient(server or f"tcp://127.0.0.1:{port}")
+        if env is not None:
+            from .envs import make_env
+
+            game_env = make_env(env)
+        else:
+            from .desktop import make_desktop_env
+
+            game_env = make_desktop_env(process if process is not None else pid)
+    except (NitrogenError, ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+    try:
+        summaries = play(game_env, policy, config, out_dir=out, progress=True)
+    finally:
+        game_env.close()
+        close = getattr(policy, "close", None)
+        if close is not None:
+            close()
+    for s in summaries:
+        console.print(
+            f"episode {s['episode']}: score {s['score']:g}, {s['frames']} frames at {s['real_fps']:.1f} fps, "
+            f"{s['executed_actions']} actions ({s['stale_actions']} stale, {s['starved_frames']} starved frames), "
+            f"latency p50 {s['latency_p50_ms']:.0f} ms -> {s.get('run_dir', '')}"
+            + (" [interrupted]" if s["interrupted"] else "")
+        )
+
+
 def main() -> None:
     app()
 
