@@ -183,7 +183,7 @@ def run_episode(
         nonlocal frame
         state = mask_menu(state, config.allow_menu)
         if recorder is not None:
-            recorder.record(frame, state, step=chunk, substep=substep, frame=stats.frames, stale=stale)
+            recorder.record(frame, state, step=chunk, substep=substep, stale=stale)
         frame, reward, terminated, truncated, _ = env.step(state)
         stats.frames += 1
         stats.score += float(reward)
