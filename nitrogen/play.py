@@ -52,7 +52,12 @@ class PlayConfig(BaseModel):
     seed: int | None = None
     allow_menu: bool = Field(False, description="let START, GUIDE and BACK through")
     startup: list[StartupPress] = Field(default_factory=list, description="presses before the policy takes over")
-    fps: float | None = Field(None, gt=0, description="game clock in async mode (default: the game's own)")
+    fps: float | None = Field(None, gt=0, description="the game clock (default: the game's own frame rate)")
+    realtime: bool | None = Field(
+        None,
+        description="step an embedded game on its clock, like a live one (default: in async mode only; "
+        "sync mode then runs it as fast as the policy allows)",
+    )
     action_shift: int | None = Field(
         None, ge=0, description="frames between an observation and its chunk's first action (default: the policy's)"
     )
@@ -208,31 +213,60 @@ def run_episode(
     return stats
 
 
+class _Clock:
+    """One game frame per period on the wall clock; a slow frame is not caught up on."""
+
+    def __init__(self, fps: float, enabled: bool):
+        self.period, self.enabled = 1.0 / fps, enabled
+        self.restart()
+
+    def restart(self) -> None:
+        self.next_tick = time.perf_counter()
+
+    def tick(self) -> None:
+        if not self.enabled:
+            return
+        self.next_tick += self.period
+        delay = self.next_tick - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # the game's own clock
+        else:
+            self.next_tick = time.perf_counter()
+
+
+def _game_clock(env: Any, config: PlayConfig) -> _Clock:
+    fps = config.fps or float(getattr(env, "fps", 60.0))
+    realtime = config.realtime if config.realtime is not None else config.mode == "async"
+    return _Clock(fps, realtime)
+
+
 def _run_sync(env, policy, config, stats, apply, current_frame) -> None:
     """Wait for each chunk (the game waits too), then play all of it."""
+    clock = _game_clock(env, config)
     while True:
         t0 = time.perf_counter()
         chunk = policy.predict(policy_frame(current_frame()))
         stats.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+        clock.restart()  # the game was paused while the policy thought
         for k, state in enumerate(states_from_chunk(chunk.action_tensor)):
             stats.executed += 1
             if apply(state, chunk=stats.chunks, substep=k):
                 stats.chunks += 1
                 return
+            clock.tick()
         stats.chunks += 1
 
 
 def _run_async(env, policy, config, stats, apply, current_frame) -> None:
     """The game advances on its clock; chunks switch in as they arrive, stale actions skipped."""
-    fps = config.fps or float(getattr(env, "fps", 60.0))
-    period = 1.0 / fps
+    clock = _game_clock(env, config)
     shift = config.action_shift if config.action_shift is not None else int(_safe_info(policy).get("action_shift", 0))
     predictor = _Predictor(policy)
     try:
         predictor.submit(policy_frame(current_frame()), stats.frames)
         states: list[GamepadState] = []
         position, chunk_id = 0, -1
-        next_tick = time.perf_counter()
+        clock.restart()
         while True:
             arrived = predictor.poll()
             if arrived is not None:
@@ -255,12 +289,7 @@ def _run_async(env, policy, config, stats, apply, current_frame) -> None:
                 stats.starved += 1
             if apply(state, chunk=chunk_id, substep=substep):
                 return
-            next_tick += period
-            delay = next_tick - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)  # the game's own clock: one frame per period
-            else:
-                next_tick = time.perf_counter()  # running behind: do not try to catch up
+            clock.tick()
     finally:
         predictor.close()
 
