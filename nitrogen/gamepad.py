@@ -2,9 +2,11 @@
 
 A :class:`GamepadState` is what one 60 Hz frame of play sends to a pad: the 15 pad buttons of the
 released layout (the 4 virtual right-stick buttons are never sent; the 2 triggers become axes),
-two sticks in [-1, 1] with the model's own axis convention (a pad backend applies any
-device-specific inversion), and two triggers in [0, 1]. The model's triggers are binary buttons,
-so they become 0.0 or 1.0 here. This module is the one place that converts; the threshold is 0.5.
+two sticks in [-1, 1] and two triggers in [0, 1]. Sticks keep the model's axis convention,
+:data:`STICK_Y_DOWN`: positive y points down, as in SDL and evdev (the original player negates y
+for an XInput pad, whose positive y is up), and a pad backend applies any device-specific flip.
+The model's triggers are binary buttons, so they become 0.0 or 1.0 here. This module is the one
+place that converts; the threshold is 0.5.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ PAD_BUTTONS: tuple[str, ...] = tuple(b for b in BUTTONS if b not in VIRTUAL_BUTT
 """The 15 buttons a pad has, in the layout's (alphabetical) order; the triggers are axes."""
 
 MENU_BUTTONS: frozenset[str] = frozenset({"START", "GUIDE", "BACK"})
+
+STICK_Y_DOWN = True
+"""The model's stick y is positive downwards (SDL convention); XInput pads need it negated."""
 
 
 @dataclass(frozen=True)
