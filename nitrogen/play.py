@@ -243,9 +243,16 @@ def _game_clock(env: Any, config: PlayConfig) -> _Clock:
 def _run_sync(env, policy, config, stats, apply, current_frame) -> None:
     """Wait for each chunk (the game waits too), then play all of it."""
     clock = _game_clock(env, config)
+    pause, resume = getattr(env, "pause", None), getattr(env, "resume", None)
     while True:
         t0 = time.perf_counter()
-        chunk = policy.predict(policy_frame(current_frame()))
+        if pause is not None:
+            pause()  # a live game waits for the policy, as in the original
+        try:
+            chunk = policy.predict(policy_frame(current_frame()))
+        finally:
+            if resume is not None:
+                resume()
         stats.latencies_ms.append((time.perf_counter() - t0) * 1e3)
         clock.restart()  # the game was paused while the policy thought
         for k, state in enumerate(states_from_chunk(chunk.action_tensor)):

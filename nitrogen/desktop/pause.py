@@ -1,0 +1,104 @@
+"""Freeze and thaw the game process while the model thinks.
+
+On POSIX a process is paused with ``SIGSTOP`` and resumed with ``SIGCONT``: the game's clock keeps
+running in the kernel, but the process makes no progress, so no frames go by unseen while a chunk
+of actions is being predicted. (The Windows counterpart, a speed-hack, is in
+:mod:`nitrogen.desktop.windows`.)
+
+Use the pauser as a context manager so that the game is never left frozen::
+
+    with ProcessPauser(pid) as pauser:      # nothing paused yet
+        while playing:
+            with pauser.paused():           # frozen inside, running again after
+                chunk = policy.predict(frame)
+            play(chunk)
+    # on any exit, including an exception, the process is running again
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from .errors import PlatformNotSupportedError, ProcessNotFoundError
+
+__all__ = ["Pauser", "ProcessPauser"]
+
+
+@runtime_checkable
+class Pauser(Protocol):
+    """What a game loop needs to freeze a game: :class:`ProcessPauser` and the Windows placeholder."""
+
+    @property
+    def is_paused(self) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+class ProcessPauser:
+    """Pause/resume one process (POSIX: ``SIGSTOP``/``SIGCONT``); idempotent, resumes on exit."""
+
+    def __init__(self, pid: int) -> None:
+        if sys.platform == "win32" or not hasattr(signal, "SIGSTOP"):
+            raise PlatformNotSupportedError(
+                "ProcessPauser needs POSIX signals (SIGSTOP/SIGCONT); on Windows use "
+                "nitrogen.desktop.windows.SpeedhackPauser"
+            )
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ValueError(f"pid must be a positive int, got {pid!r}")
+        if pid == os.getpid():
+            raise ValueError("refusing to pause the current process: it could never resume itself")
+        self.pid = pid
+        self._paused = False
+
+    @property
+    def is_paused(self) -> bool:
+        """Whether this pauser has stopped the process (and not resumed it since)."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop the process; a no-op when already paused. Raises if the process is gone."""
+        if self._paused:
+            return
+        try:
+            os.kill(self.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            raise ProcessNotFoundError(f"cannot pause PID {self.pid}: no such process") from None
+        self._paused = True
+
+    def resume(self) -> None:
+        """Continue the process; a no-op when not paused or when the process has exited."""
+        if not self._paused:
+            return
+        self._paused = False
+        try:
+            os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    @contextmanager
+    def paused(self) -> Iterator[ProcessPauser]:
+        """Paused inside the ``with`` block, resumed after it (also on exceptions)."""
+        self.pause()
+        try:
+            yield self
+        finally:
+            self.resume()
+
+    def __enter__(self) -> ProcessPauser:  # noqa: PYI034 (typing.Self needs 3.11; we support 3.10)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.resume()
+
+    def __repr__(self) -> str:
+        return f"ProcessPauser(pid={self.pid}, paused={self._paused})"

@@ -1,0 +1,86 @@
+"""ProcessPauser on a real `sleep 30` child: stopped, then running again, always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from nitrogen.desktop.errors import ProcessNotFoundError
+from nitrogen.desktop.pause import Pauser, ProcessPauser
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP/SIGCONT are POSIX-only")
+
+
+def wait_status(pid: int, wanted: set[str], timeout: float = 5.0) -> str:
+    """Poll psutil until the status is one of ``wanted`` (signals are delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    status = psutil.Process(pid).status()
+    while status not in wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+        status = psutil.Process(pid).status()
+    return status
+
+
+RUNNING = {psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING}  # `sleep` is running but mostly waiting
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    if shutil.which("sleep") is None:
+        pytest.skip("needs the `sleep` program")
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        yield proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)  # first, in case a failed test left it stopped
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def test_pause_then_resume(child: subprocess.Popen[bytes]) -> None:
+    pauser = ProcessPauser(child.pid)
+    assert isinstance(pauser, Pauser)
+    pauser.pause()
+    pauser.pause()  # idempotent
+    assert pauser.is_paused
+    assert wait_status(child.pid, {psutil.STATUS_STOPPED}) == psutil.STATUS_STOPPED
+    pauser.resume()
+    assert not pauser.is_paused
+    assert wait_status(child.pid, RUNNING) in RUNNING
+
+
+def test_context_manager_resumes_on_error(child: subprocess.Popen[bytes]) -> None:
+    with pytest.raises(RuntimeError, match="boom"), ProcessPauser(child.pid) as pauser:
+        with pauser.paused():
+            assert wait_status(child.pid, {psutil.STATUS_STOPPED}) == psutil.STATUS_STOPPED
+        assert wait_status(child.pid, RUNNING) in RUNNING
+        pauser.pause()
+        raise RuntimeError("boom")
+    assert not pauser.is_paused
+    assert wait_status(child.pid, RUNNING) in RUNNING
+
+
+def test_dead_process() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    pauser = ProcessPauser(proc.pid)
+    with pytest.raises(ProcessNotFoundError):
+        pauser.pause()
+    pauser.resume()  # nothing to do, no error
+
+
+def test_rejects_bad_pids() -> None:
+    with pytest.raises(ValueError, match="current process"):
+        ProcessPauser(os.getpid())
+    with pytest.raises(ValueError):
+        ProcessPauser(0)
+    with pytest.raises(ValueError):
+        ProcessPauser(True)
