@@ -90,6 +90,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .capture import ScreenCapture, find_window, list_windows
+    from .env import DesktopGameEnv, make_desktop_env
     from .errors import (
         AmbiguousProcessError,
         DesktopError,
@@ -99,7 +100,6 @@ if TYPE_CHECKING:
         ProcessNotFoundError,
         WindowNotFoundError,
     )
-    from .env import DesktopGameEnv, make_desktop_env
     from .pause import Pauser, ProcessPauser
     from .process import ProcessCandidate, find_process
     from .uinput_pad import (
