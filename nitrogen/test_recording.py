@@ -6,10 +6,9 @@ import json
 from itertools import pairwise
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
-
-av = pytest.importorskip("av")
 
 from nitrogen.gamepad import GamepadState
 from nitrogen.recording import (
@@ -76,7 +75,7 @@ def test_mixed_colours_and_resized_frames(tmp_path: Path) -> None:
             writer.write(_solid(*size, c))
     frames = _decode(path)
     assert len(frames) == len(colours)
-    for decoded, c in zip(frames, colours):
+    for decoded, c in zip(frames, colours, strict=True):
         assert decoded.shape == (100, 64, 3)
         assert np.abs(decoded.reshape(-1, 3).mean(axis=0) - np.array(c)).max() < 8
 

@@ -44,10 +44,9 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "DesktopGameEnv",
-    "make_desktop_env",
     "AmbiguousProcessError",
     "DesktopError",
+    "DesktopGameEnv",
     "DisplayUnavailableError",
     "FakeUInputDevice",
     "InputEvent",
@@ -70,6 +69,7 @@ __all__ = [
     "find_process",
     "find_window",
     "list_windows",
+    "make_desktop_env",
     "open_uinput_device",
     "open_virtual_pad",
 ]
