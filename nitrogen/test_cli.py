@@ -83,3 +83,24 @@ def test_serve_refuses_an_exposed_host_without_keys(golden_dir):
     result = runner.invoke(app, ["serve", str(golden_dir / "released_layout.pt"), "--host", "0.0.0.0"])
     assert result.exit_code == 1
     assert "CURVE" in result.output and "--insecure" in result.output
+
+
+def test_play_command_records_a_run(tiny_ckpt, tmp_path):
+    result = runner.invoke(
+        app,
+        ["play", "--env", "ale:Breakout", "--ckpt", str(tiny_ckpt), "--mode", "sync", "--steps", "36"]
+        + ["--seed", "0", "--out", str(tmp_path), "--no-video"],
+    )
+    assert result.exit_code == 0, result.output
+    [run_dir] = list(tmp_path.iterdir())
+    assert len((run_dir / "actions.jsonl").read_text().splitlines()) == 36
+    episode = json.loads((run_dir / "episode.json").read_text())
+    assert episode["frames"] == 36 and episode["mode"] == "sync"
+    assert "episode 0: score" in result.output
+
+
+def test_play_command_needs_one_game_and_one_policy(tiny_ckpt):
+    result = runner.invoke(app, ["play", "--ckpt", str(tiny_ckpt)])
+    assert result.exit_code == 1 and "exactly one of --env" in result.output
+    result = runner.invoke(app, ["play", "--env", "ale:Breakout"])
+    assert result.exit_code == 1 and "exactly one policy" in result.output
