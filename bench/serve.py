@@ -54,8 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import threading
 import time
@@ -66,6 +64,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
 from nitrogen.checkpoint import RawCheckpoint, build_model
 from nitrogen.client import ModelClient
@@ -341,27 +340,14 @@ def batching_verdicts(results: Sequence[RunResult]) -> list[BatchingVerdict]:
 # ------------------------------------------------------------------------------------ report
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def machine_info() -> dict[str, Any]:
+def serving_info() -> dict[str, Any]:
     import msgpack
     import zmq
 
     return {
-        "cpu": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **machine_info(),
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
         "msgpack": ".".join(map(str, msgpack.version)),
@@ -468,7 +454,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine_info()
+    info = serving_info()
     print("## NitroGen serving benchmark\n")
     for key, value in info.items():
         print(f"- {key}: {value}")
