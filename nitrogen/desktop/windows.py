@@ -211,18 +211,15 @@ class SpeedController(Protocol):
 class SpeedhackPauser:
     """Pauses a Windows game by setting its speed to ``paused_speed`` (a :class:`Pauser`).
 
-    Placeholder: no speed-hack is bundled. Pass ``controller`` (anything with ``set_speed``, e.g. an
-    xspeedhack client attached to the game); without one, construction raises
-    :class:`PlatformNotSupportedError` off Windows and ``NotImplementedError`` on Windows.
+    ``controller`` is anything with ``set_speed(float)``. By default it is an ``xspeedhack`` client
+    attached to the game, as the original player does (``pip install xspeedhack``, Windows only);
+    off Windows, construction without a controller raises :class:`PlatformNotSupportedError`.
     """
 
     def __init__(self, pid: int, controller: SpeedController | None = None, *, paused_speed: float = 0.0) -> None:
         if controller is None:
             require_windows("SpeedhackPauser")
-            raise NotImplementedError(
-                "no speed-hack is bundled: pass controller=<xspeedhack client for the game> "
-                f"(anything with set_speed(float)) to pause PID {pid}"
-            )
+            controller = _xspeedhack_client(pid)  # pragma: no cover - Windows only
         self.pid = pid
         self.controller = controller
         self.paused_speed = paused_speed
@@ -308,6 +305,15 @@ def find_window_win32(
     return choose_window(windows, title_hint)
 
 
+def _xspeedhack_client(pid: int) -> SpeedController:  # pragma: no cover - Windows only
+    """Attach xspeedhack to the game process (its DLL must match the game's architecture)."""
+    xsh = _import_windows_package("xspeedhack", "pausing a Windows game")
+    try:
+        return xsh.Client(process_id=pid, arch="x64")
+    except Exception as exc:
+        raise PadUnavailableError(f"could not attach xspeedhack to process {pid}: {exc}") from exc
+
+
 class WindowsBackend:
     """Everything a Windows game loop needs for one game: its window, capture, pad and pauser."""
 
@@ -322,7 +328,7 @@ class WindowsBackend:
         self.window = find_window_win32(self.pid, title_hint=title_hint or proc.name())  # pragma: no cover
         self.capture = DxcamCapture(self.window)  # pragma: no cover
         self.pad = VGamepadPad()  # pragma: no cover
-        self.pauser = SpeedhackPauser(self.pid, speed_controller) if speed_controller else None  # pragma: no cover
+        self.pauser = SpeedhackPauser(self.pid, speed_controller)  # pragma: no cover
 
     def close(self) -> None:  # pragma: no cover - Windows only
         self.pad.reset()
