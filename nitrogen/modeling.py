@@ -349,3 +349,36 @@ class NitroGenModel(nn.Module):
         pred = self.velocity(noisy, cond, buckets, sched.block_modulations, sched.out_modulation).float()
         mask = torch.ones_like(actions) if action_mask is None else action_mask.to(actions.dtype)
         return ((pred - target) ** 2 * mask).sum() / (mask.sum() + 1e-6)
+
+    def training_loss(
+        self,
+        pixels: Tensor,
+        frame_valid: Tensor,
+        actions: Tensor,
+        *,
+        action_mask: Tensor | None = None,
+        game_ids: Tensor | None = None,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+    ) -> Tensor:
+        """The flow-matching loss of a training batch, from pixels to the masked velocity MSE.
+
+        ``pixels (B, F, 3, S, S)`` normalised frames, oldest first; ``frame_valid (B, F)`` marks the
+        frames that exist (invalid ones, e.g. before an episode's start, are dropped, not encoded);
+        ``actions (B, H, A)`` packed targets; ``game_ids (B,)`` or None. All valid frames of the
+        batch go through the vision tower in one pass.
+        """
+        B, F = frame_valid.shape
+        counts = frame_valid.sum(dim=1).tolist()
+        if any(c == 0 for c in counts):
+            raise ValueError("every training sample needs at least one valid frame")
+        flat = pixels.reshape(B * F, *pixels.shape[2:])
+        feats = self.encode_frames(flat[frame_valid.reshape(-1)])  # (N_valid, P, D)
+        per_sample = list(torch.split(feats, counts))  # sample b: (F_b, P, D), oldest first
+        games: list[int | None] = [None] * B
+        if self.has_games:
+            ids = game_ids.tolist() if game_ids is not None else [0] * B
+            games = [int(g) for g in ids]
+        cond = self.condition(self.vl_tokens(per_sample, games))
+        return self.flow_matching_loss(cond, actions, noise=noise, t=t, action_mask=action_mask)
+

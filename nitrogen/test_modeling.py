@@ -114,3 +114,21 @@ def test_vl_tokens_left_pad_and_reject_overflow(tiny):
     assert torch.equal(vl[0, S - 16 :], feats[-1])
     with pytest.raises(ValueError, match="max_sequence_length"):
         model.vl_tokens([torch.cat([feats, feats, feats])], [None])
+
+
+def test_training_loss_from_pixels_matches_the_golden_loss(golden_dir):
+    z = np.load(golden_dir / "two_frames_cfg_sinusoidal.npz")
+    model, _ = load_model(golden_dir / "two_frames_cfg_sinusoidal.pt")
+    frames = torch.cat([preprocess(z[f"train_image_{b}"], 256) for b in range(2)])  # (2, 3, S, S)
+    pixels = frames[:, None].expand(2, 2, 3, 256, 256)  # the frame fills both context slots
+    with torch.no_grad():
+        loss = model.training_loss(
+            pixels,
+            torch.ones(2, 2, dtype=torch.bool),
+            torch.from_numpy(z["train_packed_actions"]),
+            noise=torch.from_numpy(z["train_noise"]),
+            t=torch.from_numpy(z["train_t"]),
+        )
+    assert abs(loss.item() - float(z["train_loss"])) / float(z["train_loss"]) <= 1e-5
+    with pytest.raises(ValueError, match="at least one valid frame"):
+        model.training_loss(pixels, torch.zeros(2, 2, dtype=torch.bool), torch.zeros(2, 16, 25))
