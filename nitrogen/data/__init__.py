@@ -1,0 +1,31 @@
+"""Fine-tuning data: the gameplay schema, windowed torch datasets and a throughput probe."""
+
+from nitrogen.data.dataset import GameplayDataset, WindowConfig, collate, load_gameplay, split_by_episode
+from nitrogen.data.schema import (
+    BUTTON_COLUMNS,
+    PRESETS,
+    ActionMapper,
+    CorruptRowError,
+    MappingConfig,
+    load_mapping,
+    row_to_action,
+    table_to_actions,
+)
+from nitrogen.data.throughput import measure_throughput
+
+__all__ = [
+    "BUTTON_COLUMNS",
+    "PRESETS",
+    "ActionMapper",
+    "CorruptRowError",
+    "GameplayDataset",
+    "MappingConfig",
+    "WindowConfig",
+    "collate",
+    "load_gameplay",
+    "load_mapping",
+    "measure_throughput",
+    "row_to_action",
+    "split_by_episode",
+    "table_to_actions",
+]
