@@ -240,7 +240,7 @@ class GameplayDataset(torch.utils.data.Dataset):
         cfg = self.config
         span = cfg.action_shift + cfg.action_horizon
         pos, ep_start, ep_index = [], [], []
-        for e, (s, t) in enumerate(zip(starts, ends)):
+        for e, (s, t) in enumerate(zip(starts, ends, strict=True)):
             anchors = np.arange(s, t - span + 1, dtype=np.int64)  # anchor + span <= episode end
             pos.append(anchors)
             ep_start.append(np.full(len(anchors), s, dtype=np.int64))

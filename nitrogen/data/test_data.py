@@ -188,7 +188,9 @@ def test_nes_preset_loads_without_code_changes(atari_frames, tmp_path: Path):
     for k, row in enumerate(range(3, 21)):
         want = np.zeros(ACTION_DIM, dtype=np.float32)
         for col, name in zip(
-            nes_cols, ["SOUTH", "EAST", "BACK", "START", "DPAD_UP", "DPAD_DOWN", "DPAD_LEFT", "DPAD_RIGHT"]
+            nes_cols,
+            ["SOUTH", "EAST", "BACK", "START", "DPAD_UP", "DPAD_DOWN", "DPAD_LEFT", "DPAD_RIGHT"],
+            strict=True,
         ):
             want[BUTTON_INDEX[name]] = cols[col][row]
         want[NUM_BUTTONS:] = 0.5
