@@ -366,6 +366,67 @@ def play_command(
         )
 
 
+@app.command()
+def finetune(
+    data: Annotated[str, typer.Option(help="Dataset: hub id, folder, parquet file(s) or a save_to_disk folder.")],
+    ckpt: Annotated[Path, typer.Option(help="Checkpoint to start from (e.g. the released ng.pt).")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics, curves, the exported model.")],
+    config: Annotated[Path | None, typer.Option(help="YAML or JSON with FinetuneConfig fields.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config field, key=value (repeatable).")
+    ] = None,
+    mapping: Annotated[
+        str | None, typer.Option(help="Column mapping: a preset (xbox, nes, snes, genesis, atari) or a file.")
+    ] = None,
+    eval_fraction: Annotated[float, typer.Option(help="Share of episodes held out for evaluation.")] = 0.1,
+    context: Annotated[int | None, typer.Option(help="Frames of context (default: the checkpoint's).")] = None,
+    deadzone: Annotated[float | None, typer.Option(help="Analog stick deadzone, per axis.")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Warn about corrupt rows and skip them instead of stopping.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Keep decoded 256x256 frames here for later runs.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.")] = False,
+) -> None:
+    """Fine-tune a checkpoint on a gameplay dataset, with LoRA or fully (also under `accelerate launch`)."""
+    from pydantic import ValidationError
+    from torch.utils.data import Subset
+
+    from .checkpoint import read_checkpoint
+    from .data import PRESETS, GameplayDataset, WindowConfig, load_gameplay, load_mapping, split_by_episode
+    from .data.schema import CorruptRowError
+    from .training.config import load_config
+    from .training.run import finetune as run_finetune
+
+    try:
+        cfg = load_config(config, set_ or [])
+        raw = read_checkpoint(ckpt)
+        window = WindowConfig.from_modality(raw.config.modality_cfg, raw.config.model_cfg.action_horizon)
+        if context is not None:
+            window = window.model_copy(update={"context_length": context})
+        columns = None
+        if mapping is not None:
+            columns = PRESETS[mapping] if mapping in PRESETS else load_mapping(mapping)
+        if deadzone is not None:
+            columns = (columns or PRESETS["xbox"]).model_copy(update={"deadzone": deadzone})
+        dataset = GameplayDataset(load_gameplay(data), window, mapping=columns, skip_bad=skip_bad, cache_dir=cache_dir)
+        train_idx, eval_idx = (
+            split_by_episode(dataset, eval_fraction, seed=cfg.seed)
+            if eval_fraction
+            else (
+                list(range(len(dataset))),
+                [],
+            )
+        )
+    except (NitrogenError, CorruptRowError, ValidationError, ValueError, OSError, KeyError) as exc:
+        _fail(exc)
+    console.print(
+        f"{len(dataset)} windows ({len(train_idx)} train, {len(eval_idx)} eval) from {data}; "
+        f"{cfg.mode} fine-tuning of {ckpt} for {cfg.max_steps} steps -> {out}"
+    )
+    summary = run_finetune(
+        cfg, ckpt, Subset(dataset, train_idx), Subset(dataset, eval_idx) if eval_idx else None, out, resume=resume
+    )
+    console.print(f"done at step {summary.get('step')}: {summary.get('paths')}")
+
+
 def main() -> None:
     app()
 
