@@ -1,0 +1,71 @@
+"""Test helpers: a tiny synthetic dataset in the training batch format, and a script entry point.
+
+``python -m nitrogen.training.testing --ckpt C --out D [--resume] [key=value ...]`` fine-tunes on
+the synthetic set and prints the summary as JSON (the last stdout line). It is what the SIGKILL and
+multi-process tests launch. ``NITROGEN_TEST_ITEM_DELAY`` (seconds) slows each item down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+from torch.utils.data import Dataset
+
+from ..actions import NUM_BUTTONS
+
+
+class SyntheticDataset(Dataset):
+    """``n`` fixed samples: random pixels in [-1, 1], buttons 0/1 and sticks ``(v + 1) / 2``."""
+
+    def __init__(self, n: int = 8, horizon: int = 18, frames: int = 1, image: int = 256, seed: int = 0):
+        self.n, self.horizon, self.frames, self.image, self.seed = n, horizon, frames, image, seed
+        self.delay = float(os.environ.get("NITROGEN_TEST_ITEM_DELAY", "0") or 0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        if self.delay:
+            time.sleep(self.delay)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + i)
+        pixels = torch.rand(self.frames, 3, self.image, self.image, generator=g) * 2 - 1
+        buttons = (torch.rand(self.horizon, NUM_BUTTONS, generator=g) < 0.3).float()
+        sticks = (torch.rand(self.horizon, 4, generator=g) * 2 - 1 + 1) / 2
+        actions = torch.cat([buttons, sticks], dim=-1)
+        return {
+            "pixels": pixels,
+            "frame_valid": torch.ones(self.frames, dtype=torch.bool),
+            "actions": actions,
+            "action_mask": torch.ones_like(actions),
+            "index": torch.tensor(i, dtype=torch.long),
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .config import load_config
+    from .run import finetune
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--eval-samples", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="FinetuneConfig key=value")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    config = load_config(None, args.overrides)
+    evalset = SyntheticDataset(args.eval_samples, seed=1) if args.eval_samples else None
+    summary = finetune(config, args.ckpt, SyntheticDataset(args.samples), evalset, args.out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "losses"} | {"losses": summary["losses"]}))
+
+
+if __name__ == "__main__":
+    main()
