@@ -157,10 +157,6 @@ class _NoClock(Stopwatch):
 # -------------------------------------------------------------------------------- samplers
 
 
-def split_batch(cond: Conditioning, start: int, stop: int) -> Conditioning:
-    return Conditioning({i: (k[start:stop], v[start:stop]) for i, (k, v) in cond.kv.items()})
-
-
 def reference_sample(
     model: NitroGenModel,
     frames: Tensor,
@@ -220,7 +216,7 @@ def nitrogen_sample(
             cond = model.condition(model.vl_tokens([frames], [game]))
         else:
             both = model.condition(model.vl_tokens([frames, frames[-1:]], [game, None]))
-            cond, uncond = split_batch(both, 0, 1), split_batch(both, 1, 2)
+            cond, uncond = both.rows(0, 1), both.rows(1, 2)
         schedule = model.model.schedule(model.step_buckets(num_steps, noise.device))
     with clock.section("dit"):
         return model.sample(cond, noise, num_steps, uncond, cfg_scale, schedule)

@@ -19,7 +19,7 @@ import torch
 from .actions import ACTION_DIM, BUTTONS, layout_description
 from .checkpoint import RawCheckpoint, load_model
 from .cpu_kernels import pack_linears, packing_available
-from .modeling import Conditioning, NitroGenModel, Schedule
+from .modeling import NitroGenModel, Schedule
 from .preprocessing import as_rgb_frame, resize_frame, to_pixels
 
 _DTYPES = {
@@ -242,8 +242,8 @@ class PolicyEngine:
         games = [r.game_id for r in requests] + [None] * len(guided)
         both = model.condition(model.vl_tokens(frames, games))
         B = len(requests)
-        cond = Conditioning({i: (k[:B], v[:B]) for i, (k, v) in both.kv.items()})
-        uncond = Conditioning({i: (k[B:], v[B:]) for i, (k, v) in both.kv.items()}) if guided else None
+        cond = both.rows(0, B)
+        uncond = both.rows(B) if guided else None
         noise = torch.stack([r.noise for r in requests]).to(self.device)
         scales = torch.tensor([requests[i].cfg_scale for i in guided], dtype=torch.float32, device=self.device)
         index = torch.tensor(guided, dtype=torch.long, device=self.device) if guided else None

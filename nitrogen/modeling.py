@@ -167,6 +167,10 @@ class Conditioning:
     def batch_size(self) -> int:
         return next(iter(self.kv.values()))[0].shape[0] if self.kv else 0
 
+    def rows(self, start: int, stop: int | None = None) -> Conditioning:
+        """Samples ``start:stop`` of the batch (e.g. the conditional half of a CFG pass)."""
+        return Conditioning({i: (k[start:stop], v[start:stop]) for i, (k, v) in self.kv.items()})
+
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
         """Stack several conditionings along the batch, e.g. CFG's two branches or many clients."""
