@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Beta
+from torch.utils.checkpoint import checkpoint
 
 from .configuration import CheckpointConfig, DiTConfig, MixerConfig
 from .layers import KV, TimestepEncoder, TransformerBlock, action_time_features
@@ -199,6 +200,7 @@ class NitroGenModel(nn.Module):
         self.action_decoder = ActionDecoder(mcfg.hidden_size, mcfg.action_dim, mcfg.max_num_embodiments)
         if mcfg.add_pos_embed:
             self.position_embedding = nn.Embedding(mcfg.max_seq_len, mcfg.hidden_size)
+        self.gradient_checkpointing = False  # activation checkpointing of the vision tower in training
         if num_games is not None:
             # Row 0 is the unconditional game.
             self.game_embedding = nn.Embedding(
@@ -222,7 +224,13 @@ class NitroGenModel(nn.Module):
         """
         tower = self.vision_encoder
         tokens = tower.embeddings(pixels.to(tower.embeddings.patch_embedding.weight.dtype))
-        tokens = tower.encoder(inputs_embeds=tokens).last_hidden_state
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Keep only each layer's input; recompute its activations in the backward pass.
+            for layer in tower.encoder.layers:
+                out = checkpoint(layer, tokens, None, use_reentrant=False)
+                tokens = out[0] if isinstance(out, tuple) else out
+        else:
+            tokens = tower.encoder(inputs_embeds=tokens).last_hidden_state
         return tower.post_layernorm(tokens)
 
     def vl_tokens(self, frames: Sequence[Tensor], games: Sequence[int | None]) -> Tensor:

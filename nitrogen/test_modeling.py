@@ -132,3 +132,31 @@ def test_training_loss_from_pixels_matches_the_golden_loss(golden_dir):
     assert abs(loss.item() - float(z["train_loss"])) / float(z["train_loss"]) <= 1e-5
     with pytest.raises(ValueError, match="at least one valid frame"):
         model.training_loss(pixels, torch.zeros(2, 2, dtype=torch.bool), torch.zeros(2, 16, 25))
+
+
+def test_gradient_checkpointing_recomputes_the_vision_layers_with_equal_gradients(golden_dir):
+    model, _ = load_model(golden_dir / "released_layout.pt")
+    model.train()
+    for module in model.modules():  # no dropout, so both passes see the same function
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    layer = model.vision_encoder.encoder.layers[0]
+    calls = []
+    forward = layer.forward
+    layer.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    pixels = torch.rand(1, 1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    args = (
+        pixels,
+        torch.ones(1, 1, dtype=torch.bool),
+        torch.rand(1, 18, 25, generator=torch.Generator().manual_seed(1)),
+    )
+    noise, t = torch.randn(1, 18, 25, generator=torch.Generator().manual_seed(2)), torch.tensor([0.4])
+    grads = []
+    for checkpointing in (False, True):
+        model.gradient_checkpointing = checkpointing
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        model.training_loss(*args, noise=noise, t=t).backward()
+        grads.append(model.vision_encoder.encoder.layers[0].mlp.fc1.weight.grad.clone())
+        assert len(calls) == (2 if checkpointing else 1)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

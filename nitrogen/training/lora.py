@@ -120,25 +120,10 @@ def prepare_model(model: NitroGenModel, config: FinetuneConfig) -> dict[str, int
 
 
 def enable_gradient_checkpointing(model: NitroGenModel) -> bool:
-    """Activation checkpointing in the vision tower where transformers supports it; else a warning."""
-    import warnings
-
-    tower = model.vision_encoder
-    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-    try:
-        enable = getattr(tower, "activation_checkpointing_enable", None)
-        if enable is not None:
-            try:
-                enable(**kwargs)
-                return True
-            except TypeError:
-                enable()
-                return True
-        tower.gradient_checkpointing_enable(**kwargs)
-        return True
-    except Exception as exc:  # noqa: BLE001 - any failure means "not supported here"
-        warnings.warn(f"gradient checkpointing is not supported here ({exc}); continuing without it", stacklevel=2)
-        return False
+    """Activation checkpointing of the vision tower's layers (see ``NitroGenModel.encode_frames``):
+    each layer keeps only its input and recomputes its activations in the backward pass."""
+    model.gradient_checkpointing = True
+    return True
 
 
 def has_lora(model: nn.Module) -> bool:
