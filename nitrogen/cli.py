@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -425,6 +425,58 @@ def finetune(
         cfg, ckpt, Subset(dataset, train_idx), Subset(dataset, eval_idx) if eval_idx else None, out, resume=resume
     )
     console.print(f"done at step {summary.get('step')}: {summary.get('paths')}")
+
+
+def _contender(spec: str, seed: int | None, device: str | None) -> Any:
+    """A ``--policy`` spec -> factory ``env_id -> (kind, object)`` for the evaluation harness."""
+    kind, _, value = spec.partition(":")
+    if kind == "ckpt":
+        from .session import InferenceSession
+
+        session = InferenceSession.from_checkpoint(value, device=device, seed=seed)
+        return lambda env_id: ("policy", session)
+    if kind == "server":
+        from .client import ModelClient
+
+        client = ModelClient(value)
+        return lambda env_id: ("policy", client)
+    if kind == "replay":
+        from .policy import ReplayPolicy
+
+        return lambda env_id: ("policy", ReplayPolicy(value))
+    if kind in ("random", "scripted"):
+        from .experts import make_agent
+
+        return lambda env_id: ("agent", make_agent(kind, env_id, seed or 0))
+    raise ValueError(f"unknown --policy {spec!r}: use ckpt:PATH, server:ADDR, replay:PATH, random or scripted")
+
+
+@app.command("eval")
+def eval_command(
+    env: Annotated[str, typer.Option(help="Games, comma-separated: ale:Breakout,ale:Pong")],
+    policy: Annotated[list[str], typer.Option(help="ckpt:PATH, server:ADDR, replay:PATH, random or scripted.")],
+    episodes: Annotated[int, typer.Option(help="Episodes per game (seeds 0..N-1 unless --seeds).")] = 3,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
+    max_frames: Annotated[int, typer.Option(help="Frame budget per episode.")] = 10_000,
+    baselines: Annotated[bool, typer.Option(help="Also run the random policy and the scripted expert.")] = True,
+    out: Annotated[Path, typer.Option(help="Folder for results.md, results.json and results.png.")] = Path("eval"),
+    device: Annotated[str | None, typer.Option(help="For ckpt: policies.")] = None,
+) -> None:
+    """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
+    from .evaluate import evaluate, markdown_table, summarize, write_results
+
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else list(range(episodes))
+    try:
+        contenders = {spec: _contender(spec, seed_list[0], device) for spec in policy}
+        if baselines:
+            for spec in ("random", "scripted"):
+                contenders.setdefault(spec, _contender(spec, seed_list[0], device))
+    except (NitrogenError, ValueError, OSError, ImportError) as exc:
+        _fail(exc)
+    results = evaluate(env.split(","), contenders, seed_list, max_frames=max_frames)
+    paths = write_results(results, out)
+    console.print(markdown_table(summarize(results)))
+    console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['png']}")
 
 
 def main() -> None:
