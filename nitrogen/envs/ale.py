@@ -13,6 +13,8 @@ import difflib
 import functools
 from typing import Any
 
+import numpy as np
+
 from ..gamepad import GamepadState
 from .base import Frame, GamepadEnv, Info, StepResult, UnknownEnvError
 from .mappings import ale_action_to_state, state_to_ale_action
@@ -109,6 +111,10 @@ class AtariEnv(GamepadEnv):
         if action not in self._action_index:
             raise ValueError(f"{self.spec_id} has no action {action!r}; its actions are {list(self.action_names)}")
         return ale_action_to_state(action)
+
+    def ram(self) -> np.ndarray:
+        """The console's 128-byte RAM now, ``uint8`` ``(128,)`` (what scripted experts read)."""
+        return self._env.unwrapped.ale.getRAM()
 
     def _reset(self, seed: int | None) -> tuple[Frame, Info]:
         self._frames = 0

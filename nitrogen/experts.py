@@ -1,0 +1,173 @@
+"""Reference agents for recording gameplay: random play and scripted experts that read the emulator RAM.
+
+The scripted experts look at the Atari RAM (via :meth:`nitrogen.envs.ale.AtariEnv.ram`), never at
+the model, and send one :class:`~nitrogen.gamepad.GamepadState` per frame, so their play can be
+recorded as fine-tuning data (:mod:`nitrogen.record`) or used as a baseline.
+
+RAM addresses (checked against the rendered frame, ale-py 0.12, ``frameskip=1``):
+
+* **Breakout**: ``RAM[72]`` paddle x (left pixel = ``RAM[72] - 47``, 16 px wide), ``RAM[99]``
+  ball x (left pixel = ``RAM[99] - 49``, 2 px wide), ``RAM[101]`` ball y (top pixel =
+  ``RAM[101] + 9``; ``0`` while no ball is in play). Centres line up when
+  ``RAM[72] == RAM[99] - 9``.
+* **Pong**: ``RAM[51]`` player (right, green) paddle y (top pixel ~ ``RAM[51] - 13.5``, 16 px
+  tall), ``RAM[54]`` ball y (top pixel ~ ``RAM[54] - 13.5``, 4 px tall), ``RAM[49]`` ball x
+  (left pixel = ``RAM[49] - 49``). Centres line up when ``RAM[51] ~ RAM[54] - 6``. Pong's
+  minimal action set has no UP/DOWN: its ``RIGHT`` moves the paddle up and ``LEFT`` down, so the
+  expert sends ``DPAD_RIGHT`` / ``DPAD_LEFT`` (what the env's canonical states for those actions are).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .agents import Agent
+from .gamepad import NEUTRAL, GamepadState
+
+FIRE = GamepadState(frozenset({"SOUTH"}))
+LEFT = GamepadState(frozenset({"DPAD_LEFT"}))
+RIGHT = GamepadState(frozenset({"DPAD_RIGHT"}))
+
+_DIRECTIONS: tuple[frozenset[str], ...] = (
+    frozenset(),
+    frozenset({"DPAD_UP"}),
+    frozenset({"DPAD_DOWN"}),
+    frozenset({"DPAD_LEFT"}),
+    frozenset({"DPAD_RIGHT"}),
+)
+
+
+def _ram(env: Any) -> np.ndarray:
+    """The 128-byte Atari RAM of ``env`` (an :class:`AtariEnv`, or anything with ``.ale``)."""
+    if hasattr(env, "ram"):
+        return np.asarray(env.ram())
+    return np.asarray(env.unwrapped.ale.getRAM())
+
+
+class RandomAgent:
+    """Random D-pad direction (or none) plus random FIRE, each choice held for 2-8 frames.
+
+    Holding a choice for a few frames makes the play look like a person's rather than
+    per-frame noise. ``seed`` makes it reproducible; :meth:`reset` with a seed re-seeds.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int | None = None, *, min_hold: int = 2, max_hold: int = 8) -> None:
+        if not 1 <= min_hold <= max_hold:
+            raise ValueError(f"need 1 <= min_hold <= max_hold, got {min_hold}, {max_hold}")
+        self.seed = seed
+        self.min_hold, self.max_hold = min_hold, max_hold
+        self._rng = np.random.default_rng(seed)
+        self._state = NEUTRAL
+        self._left = 0
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._state = NEUTRAL
+        self._left = 0
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        if self._left <= 0:
+            buttons = _DIRECTIONS[int(self._rng.integers(len(_DIRECTIONS)))]
+            if self._rng.random() < 0.5:
+                buttons = buttons | {"SOUTH"}
+            self._state = GamepadState(buttons)
+            self._left = int(self._rng.integers(self.min_hold, self.max_hold + 1))
+        self._left -= 1
+        return self._state
+
+
+class BreakoutExpert:
+    """Keeps the paddle under the ball (RAM[72] vs RAM[99]); FIRE launches a new ball.
+
+    ``dead_band`` is how far (RAM units ~ pixels) the paddle may be off target before it moves.
+    """
+
+    name = "scripted-breakout"
+    PADDLE_X, BALL_X, BALL_Y = 72, 99, 101
+    OFFSET = -9
+    """``RAM[72]`` that centres the paddle under a ball at ``RAM[99]`` is ``RAM[99] + OFFSET``."""
+
+    def __init__(self, seed: int | None = None, *, dead_band: int = 2) -> None:
+        self.seed = seed
+        self.dead_band = dead_band
+        self._fire_phase = False
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self._fire_phase = False
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        ram = _ram(env)
+        if ram[self.BALL_Y] == 0:  # no ball in play: press/release FIRE to serve one
+            self._fire_phase = not self._fire_phase
+            return FIRE if self._fire_phase else NEUTRAL
+        error = int(ram[self.BALL_X]) + self.OFFSET - int(ram[self.PADDLE_X])
+        if error > self.dead_band:
+            return RIGHT
+        if error < -self.dead_band:
+            return LEFT
+        return NEUTRAL
+
+
+class PongExpert:
+    """Keeps the player's paddle level with the ball (RAM[51] vs RAM[54]).
+
+    Sends ``DPAD_RIGHT`` to move up and ``DPAD_LEFT`` to move down (Pong's RIGHT/LEFT actions).
+    When the ball is not in play (``RAM[54] == 0``) it returns to the middle of the court.
+    """
+
+    name = "scripted-pong"
+    PADDLE_Y, BALL_Y, BALL_X = 51, 54, 49
+    OFFSET = -6
+    """``RAM[51]`` that centres the paddle on a ball at ``RAM[54]`` is ``RAM[54] + OFFSET``."""
+    CENTRE = 120
+    UP, DOWN = RIGHT, LEFT
+
+    def __init__(self, seed: int | None = None, *, dead_band: int = 4) -> None:
+        self.seed = seed
+        self.dead_band = dead_band
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        ram = _ram(env)
+        ball_y = int(ram[self.BALL_Y])
+        target = ball_y + self.OFFSET if ball_y else self.CENTRE
+        error = target - int(ram[self.PADDLE_Y])  # > 0: the paddle must go down
+        if error > self.dead_band:
+            return self.DOWN
+        if error < -self.dead_band:
+            return self.UP
+        return NEUTRAL
+
+
+EXPERTS: dict[str, type[BreakoutExpert | PongExpert]] = {
+    "ale:Breakout": BreakoutExpert,
+    "ale:Pong": PongExpert,
+}
+"""Env id -> scripted expert class."""
+
+AGENT_KINDS: tuple[str, ...] = ("random", "scripted")
+
+
+def make_agent(spec: str, env_id: str, seed: int | None = None) -> Agent:
+    """An agent by name: ``"random"`` (any env) or ``"scripted"`` (an env in :data:`EXPERTS`).
+
+    ``env_id`` is matched case-insensitively (``"ale:breakout"`` works). Raises ``ValueError``
+    naming the valid choices for an unknown ``spec`` or an env without a scripted expert.
+    """
+    kind = spec.strip().lower()
+    if kind == "random":
+        return RandomAgent(seed)
+    if kind == "scripted":
+        by_key = {key.lower(): cls for key, cls in EXPERTS.items()}
+        cls = by_key.get(env_id.strip().lower())
+        if cls is None:
+            raise ValueError(f"no scripted expert for env {env_id!r}; experts exist for {sorted(EXPERTS)}")
+        return cls(seed)
+    raise ValueError(f"unknown agent {spec!r}; expected one of {list(AGENT_KINDS)}")
