@@ -144,7 +144,8 @@ def record(
     Returns the summary also written to ``out_dir/info.json``: ``env``, ``agent``, ``game``,
     ``episodes``, ``frames`` (total), ``seeds``, ``scores`` and ``episode_frames`` (per episode),
     ``rows_written`` and ``shards`` (on disk) and ``complete``. Raises ``FileExistsError`` if
-    ``out_dir/data`` already holds parquet files. An exception from the env or agent propagates; completed shards stay on disk.
+    ``out_dir/data`` already holds parquet files. An exception from the env or agent propagates;
+    completed shards stay on disk.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
