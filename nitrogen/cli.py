@@ -427,6 +427,64 @@ def finetune(
     console.print(f"done at step {summary.get('step')}: {summary.get('paths')}")
 
 
+@app.command("record")
+def record_command(
+    env: Annotated[str, typer.Option(help="Embedded game: ale:Breakout, ale:Pong, gym:CarRacing-v3, ...")],
+    policy: Annotated[str, typer.Option(help="scripted, random, or ckpt:PATH / server:ADDR for a model.")] = "scripted",
+    episodes: Annotated[int, typer.Option(help="Episodes to record.")] = 1,
+    out: Annotated[Path, typer.Option(help="Dataset folder (parquet shards under OUT/data).")] = Path("data"),
+    seed: Annotated[int, typer.Option(help="Seed of episode 0; episode i uses seed + i.")] = 0,
+    max_frames: Annotated[int | None, typer.Option(help="Frame budget per episode.")] = None,
+    shard_frames: Annotated[int, typer.Option(help="Rows per parquet shard.")] = 500,
+) -> None:
+    """Record gameplay as a Hugging Face dataset in the fine-tuning schema."""
+    from .envs import make_env
+    from .experts import make_agent
+    from .record import record
+
+    try:
+        if policy in ("scripted", "random"):
+            agent = make_agent(policy, env, seed)
+        else:
+            agent = _PolicyAgent(_contender(policy, seed, None)(env)[1])
+        game_env = make_env(env)
+    except (NitrogenError, ValueError, OSError) as exc:
+        _fail(exc)
+    try:
+        summary = record(
+            game_env, agent, episodes=episodes, out_dir=out, seed=seed, max_frames=max_frames, shard_frames=shard_frames
+        )
+    except FileExistsError as exc:
+        _fail(exc)
+    finally:
+        game_env.close()
+    console.print(
+        f"recorded {summary['frames']} frames in {summary['shards']} shard(s) to {out / 'data'}; "
+        f"scores {summary['scores']}"
+    )
+
+
+class _PolicyAgent:
+    """A chunk policy as a frame-by-frame agent: predict, then play the chunk's actions in order."""
+
+    name = "model"
+
+    def __init__(self, policy: Any):
+        self.policy, self.queue = policy, []
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self.policy.reset()
+        self.queue = []
+
+    def act(self, env: Any, frame: Any) -> Any:
+        from .gamepad import MENU_BUTTONS, states_from_chunk
+        from .play import policy_frame
+
+        if not self.queue:
+            self.queue = states_from_chunk(self.policy.predict(policy_frame(frame)).action_tensor)
+        return self.queue.pop(0).without(MENU_BUTTONS)
+
+
 def _contender(spec: str, seed: int | None, device: str | None) -> Any:
     """A ``--policy`` spec -> factory ``env_id -> (kind, object)`` for the evaluation harness."""
     kind, _, value = spec.partition(":")

@@ -104,3 +104,29 @@ def test_play_command_needs_one_game_and_one_policy(tiny_ckpt):
     assert result.exit_code == 1 and "exactly one of --env" in result.output
     result = runner.invoke(app, ["play", "--env", "ale:Breakout"])
     assert result.exit_code == 1 and "exactly one policy" in result.output
+
+
+def test_record_then_finetune_reads_it_unchanged_then_eval(tiny_ckpt, tmp_path):
+    data = tmp_path / "breakout"
+    result = runner.invoke(
+        app,
+        ["record", "--env", "ale:Breakout", "--policy", "scripted", "--episodes", "2", "--max-frames", "40"]
+        + ["--shard-frames", "25", "--out", str(data)],
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((data / "data").glob("*.parquet"))) == 4
+    run = tmp_path / "run"
+    args = ["finetune", "--data", str(data / "data"), "--ckpt", str(tiny_ckpt), "--out", str(run)]
+    result = runner.invoke(app, args + ["--eval-fraction", "0.5", "--set", "max_steps=2", "--set", "batch_size=2"])
+    assert result.exit_code == 0, result.output
+    assert (run / "model.pt").is_file()
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app,
+        ["eval", "--env", "ale:Breakout", "--policy", f"ckpt:{run / 'model.pt'}", "--episodes", "1"]
+        + ["--max-frames", "60", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    table = (out / "results.md").read_text()
+    for name in ("ckpt:", "random", "scripted"):
+        assert name in table
