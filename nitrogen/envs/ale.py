@@ -17,7 +17,7 @@ import numpy as np
 
 from ..gamepad import GamepadState
 from .base import Frame, GamepadEnv, Info, StepResult, UnknownEnvError
-from .mappings import ale_action_to_state, state_to_ale_action
+from .mappings import GAME_DIRECTION_REMAP, ale_action_to_state, state_to_ale_action
 
 ALE_FPS = 60
 ALE_FRAME_SHAPE = (210, 160, 3)
@@ -100,17 +100,18 @@ class AtariEnv(GamepadEnv):
         self.action_names: tuple[str, ...] = tuple(self._env.unwrapped.get_action_meanings())
         """The game's ALE actions (names), in the order of its discrete action indices."""
         self._action_index = {name: i for i, name in enumerate(self.action_names)}
+        self._remap = GAME_DIRECTION_REMAP.get(self.name)
         self._frames = 0
 
     def to_env_action(self, state: GamepadState) -> str:
         """The ALE action name that ``state`` sends in this game (after any fallback)."""
-        return state_to_ale_action(state, self._action_index)
+        return state_to_ale_action(state, self._action_index, self._remap)
 
     def canonical_state(self, action: str) -> GamepadState:
         """The canonical pad state for one of this game's action names."""
         if action not in self._action_index:
             raise ValueError(f"{self.spec_id} has no action {action!r}; its actions are {list(self.action_names)}")
-        return ale_action_to_state(action)
+        return ale_action_to_state(action, self._remap)
 
     def ram(self) -> np.ndarray:
         """The console's 128-byte RAM now, ``uint8`` ``(128,)`` (what scripted experts read)."""

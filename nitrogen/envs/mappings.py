@@ -152,19 +152,36 @@ def resolve_ale_action(dx: int, dy: int, fire: bool, available: Collection[str] 
     raise ValueError(f"the action set {sorted(available or ())} has no NOOP to fall back on")
 
 
-def state_to_ale_action(state: GamepadState, available: Collection[str] | None = None) -> str:
-    """The ALE action name that ``state`` maps to, within ``available`` (``None``: all 18)."""
+GAME_DIRECTION_REMAP: dict[str, dict[tuple[int, int], tuple[int, int]]] = {
+    # Pong's paddle moves vertically, but its action set names up RIGHT and down LEFT.
+    "Pong": {(0, 1): (1, 0), (0, -1): (-1, 0)},
+}
+"""Per game: pad direction ``(dx, dy)`` -> the ALE direction that does that on screen."""
+
+Remap = dict[tuple[int, int], tuple[int, int]]
+
+
+def state_to_ale_action(
+    state: GamepadState, available: Collection[str] | None = None, remap: Remap | None = None
+) -> str:
+    """The ALE action name that ``state`` maps to, within ``available`` (``None``: all 18).
+
+    ``remap`` (from :data:`GAME_DIRECTION_REMAP`) first turns a pad direction into the game's own.
+    """
     dx, dy = pad_direction(state)
+    if remap:
+        dx, dy = remap.get((dx, dy), (dx, dy))
     return resolve_ale_action(dx, dy, pad_fire(state), available)
 
 
-def ale_action_to_state(action: str) -> GamepadState:
+def ale_action_to_state(action: str, remap: Remap | None = None) -> GamepadState:
     """The canonical pad state for an ALE action name: D-pad for directions, SOUTH for FIRE."""
     try:
         row = _ROW_BY_NAME[action]
     except KeyError:
         raise ValueError(f"unknown ALE action {action!r}; valid names are {list(ALE_ACTIONS)}") from None
-    buttons = {b for b, (bx, by) in DPAD_DIRECTIONS.items() if (bx and bx == row.dx) or (by and by == row.dy)}
+    dx, dy = {v: k for k, v in (remap or {}).items()}.get((row.dx, row.dy), (row.dx, row.dy))
+    buttons = {b for b, (bx, by) in DPAD_DIRECTIONS.items() if (bx and bx == dx) or (by and by == dy)}
     if row.fire:
         buttons.add(CANONICAL_FIRE_BUTTON)
     return GamepadState(buttons=frozenset(buttons))

@@ -409,3 +409,17 @@ def test_list_envs_and_games() -> None:
     assert len(games) > 50 and {"Breakout", "Pong", "SpaceInvaders"} <= set(games)
     with pytest.raises(TypeError):
         make_env("ale:Pong", no_such_option=True)
+
+
+def test_pong_up_and_down_move_the_paddle_vertically() -> None:
+    from nitrogen.envs import make_env
+
+    env = make_env("ale:Pong")
+    try:
+        assert env.to_env_action(GamepadState(buttons=frozenset({"DPAD_UP"}))) == "RIGHT"
+        assert env.to_env_action(GamepadState(buttons=frozenset({"DPAD_DOWN"}))) == "LEFT"
+        assert env.canonical_state("RIGHT").buttons == frozenset({"DPAD_UP"})
+        for action in env.action_names:  # the round trip still holds for every action Pong has
+            assert env.to_env_action(env.canonical_state(action)) == action
+    finally:
+        env.close()
