@@ -393,4 +393,3 @@ class NitroGenModel(nn.Module):
             games = [int(g) for g in ids]
         cond = self.condition(self.vl_tokens(per_sample, games))
         return self.flow_matching_loss(cond, actions, noise=noise, t=t, action_mask=action_mask)
-
