@@ -344,12 +344,6 @@ def bench_rows(
 # ------------------------------------------------------------------------------------ report
 
 
-
-
-
-
-
-
 def model_info(model: NitroGenModel, name: str) -> dict[str, Any]:
     mcfg = model.config.model_cfg
     return {

@@ -340,8 +340,6 @@ def batching_verdicts(results: Sequence[RunResult]) -> list[BatchingVerdict]:
 # ------------------------------------------------------------------------------------ report
 
 
-
-
 def serving_info() -> dict[str, Any]:
     import msgpack
     import zmq
