@@ -207,15 +207,17 @@ class Trainer:
                 f"{folder}: weights do not match the model (unexpected {unexpected[:5]}, "
                 f"missing {sorted(wanted - set(weights))[:5]})"
             )
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.accelerator.device))
-        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
+        self.optimizer.load_state_dict(
+            torch.load(folder / "optimizer.pt", map_location=self.accelerator.device, weights_only=True)
+        )
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
         if self.ema is not None:
             ema_file = folder / "ema.safetensors"
             if ema_file.is_file():
                 self.ema = load_file(ema_file, device=str(self.accelerator.device))
         rng = folder / f"rng-{self.accelerator.process_index}.pt"
         # Restored by train() right before the loop, after everything else that may draw numbers.
-        self._pending_rng = torch.load(rng, weights_only=False) if rng.is_file() else None
+        self._pending_rng = torch.load(rng, weights_only=True) if rng.is_file() else None
         self.step = int(meta["step"])
         self.position = DataPosition(int(meta["epoch"]), int(meta["batch"]))
 
