@@ -295,11 +295,17 @@ def play_command(
     ),
     video: Annotated[bool, typer.Option(help="Write the clean and debug videos.")] = True,
     fps: Annotated[float | None, typer.Option(help="Game clock for async mode (default: the game's).")] = None,
+    actions_per_chunk: Annotated[
+        int | None, typer.Option(help="Sync mode: play the first N actions of each chunk, then ask again.", min=1)
+    ] = None,
     device: Annotated[str | None, typer.Option(help="For --ckpt: cuda, cpu, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="For --ckpt: float32 or bfloat16 weights.")] = None,
     game: Annotated[str | None, typer.Option(help="For --ckpt: the game to condition on, by name or id.")] = None,
 ) -> None:
-    """Let the agent play a game through a virtual gamepad, and record the run."""
+    """Let the agent play a game through a virtual gamepad, and record the run.
+
+    With no game and no policy, it is `nitrogen demo`: the shipped agent plays its embedded games.
+    """
     import json as _json
 
     from pydantic import ValidationError
@@ -307,9 +313,13 @@ def play_command(
     from .play import PlayConfig, StartupPress, play
 
     targets = [t for t in (env, process, pid) if t is not None]
+    sources = [s for s in (server, port, ckpt, replay) if s is not None]
+    if not targets and not sources:
+        # `nitrogen play` alone: the shipped agent on its embedded games.
+        demo(episodes=episodes, frames=steps, seed=seed if seed is not None else 1000, out=out, video=video)
+        return
     if len(targets) != 1:
         _fail(ValueError("give exactly one of --env, --process or --pid"))
-    sources = [s for s in (server, port, ckpt, replay) if s is not None]
     if len(sources) != 1:
         _fail(ValueError("give exactly one policy: --server, --port, --ckpt or --replay"))
     try:
@@ -323,6 +333,7 @@ def play_command(
             startup=presses,
             fps=fps,
             video=video,
+            actions_per_chunk=actions_per_chunk,
         )
     except (ValidationError, ValueError, OSError, TypeError) as exc:
         _fail(ValueError(f"invalid play settings: {exc}"))
@@ -367,9 +378,63 @@ def play_command(
 
 
 @app.command()
+def demo(
+    game: Annotated[str | None, typer.Option(help="One of the agent's games (default: all of them).")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per game.", min=1)] = 1,
+    frames: Annotated[int | None, typer.Option(help="Frames per episode (default: the agent card's).", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first episode.")] = 1000,
+    out: Annotated[Path, typer.Option(help="Folder for the run folders.")] = Path("runs"),
+    video: Annotated[bool, typer.Option(help="Write the clean and debug videos.")] = True,
+    expert: Annotated[bool, typer.Option(help="Also score the scripted expert on the same seeds.")] = False,
+) -> None:
+    """The shipped default agent plays the embedded games; prints its score against a random policy."""
+    from rich.table import Table
+
+    from .default_agent import demo as run_demo
+    from .default_agent import load_card, write_demo_summary
+
+    try:
+        card = load_card()
+        if game is not None and game not in card.games:
+            raise ValueError(f"the default agent plays {', '.join(card.games)}, not {game!r}")
+        console.print(
+            f"default agent ({card.preset}, trained on {', '.join(card.games)}): "
+            f"{card.play.actions_per_chunk} actions per chunk, {frames or card.play.max_frames} frames per episode"
+        )
+        results = run_demo(
+            game,
+            episodes=episodes,
+            max_frames=frames,
+            seed=seed,
+            out_dir=out,
+            video=video,
+            expert=expert,
+            progress=True,
+        )
+    except (NitrogenError, ValueError, OSError) as exc:
+        _fail(exc)
+    table = Table(title="default agent vs random policy (same seed, same frames)")
+    for column in ("game", "seed", "frames", "agent", "random", *(["expert"] if expert else []), "run folder"):
+        table.add_column(column, justify="left" if column in ("game", "run folder") else "right")
+    for r in results:
+        row = [r.game, str(r.seed), str(r.frames), f"{r.agent_score:g}", f"{r.random_score:g}"]
+        if expert:
+            row.append("-" if r.expert_score is None else f"{r.expert_score:g}")
+        table.add_row(*row, r.run_dir or "-")
+    console.print(table)
+    summary = write_demo_summary(results, out / "demo.json")
+    console.print(f"wrote {summary}")
+
+
+@app.command()
 def finetune(
-    data: Annotated[str, typer.Option(help="Dataset: hub id, folder, parquet file(s) or a save_to_disk folder.")],
-    ckpt: Annotated[Path, typer.Option(help="Checkpoint to start from (e.g. the released ng.pt).")],
+    data: Annotated[
+        list[str],
+        typer.Option(help="Dataset: hub id, folder, parquet file or save_to_disk folder; repeat to train on several."),
+    ],
+    ckpt: Annotated[
+        str, typer.Option(help="Checkpoint to start from (e.g. the released ng.pt), or init:PRESET for a fresh model.")
+    ],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics, curves, the exported model.")],
     config: Annotated[Path | None, typer.Option(help="YAML or JSON with FinetuneConfig fields.")] = None,
     set_: Annotated[
@@ -389,15 +454,15 @@ def finetune(
     from pydantic import ValidationError
     from torch.utils.data import Subset
 
-    from .checkpoint import read_checkpoint
-    from .data import PRESETS, GameplayDataset, WindowConfig, load_gameplay, load_mapping, split_by_episode
+    from .data import PRESETS, GameplayDataset, WindowConfig, load_gameplays, load_mapping, split_by_episode
     from .data.schema import CorruptRowError
     from .training.config import load_config
     from .training.run import finetune as run_finetune
+    from .training.run import starting_checkpoint
 
     try:
         cfg = load_config(config, set_ or [])
-        raw = read_checkpoint(ckpt)
+        raw = starting_checkpoint(ckpt, cfg.seed)
         window = WindowConfig.from_modality(raw.config.modality_cfg, raw.config.model_cfg.action_horizon)
         if context is not None:
             window = window.model_copy(update={"context_length": context})
@@ -406,7 +471,7 @@ def finetune(
             columns = PRESETS[mapping] if mapping in PRESETS else load_mapping(mapping)
         if deadzone is not None:
             columns = (columns or PRESETS["xbox"]).model_copy(update={"deadzone": deadzone})
-        dataset = GameplayDataset(load_gameplay(data), window, mapping=columns, skip_bad=skip_bad, cache_dir=cache_dir)
+        dataset = GameplayDataset(load_gameplays(data), window, mapping=columns, skip_bad=skip_bad, cache_dir=cache_dir)
         train_idx, eval_idx = (
             split_by_episode(dataset, eval_fraction, seed=cfg.seed)
             if eval_fraction
@@ -418,11 +483,11 @@ def finetune(
     except (NitrogenError, CorruptRowError, ValidationError, ValueError, OSError, KeyError) as exc:
         _fail(exc)
     console.print(
-        f"{len(dataset)} windows ({len(train_idx)} train, {len(eval_idx)} eval) from {data}; "
+        f"{len(dataset)} windows ({len(train_idx)} train, {len(eval_idx)} eval) from {', '.join(data)}; "
         f"{cfg.mode} fine-tuning of {ckpt} for {cfg.max_steps} steps -> {out}"
     )
     summary = run_finetune(
-        cfg, ckpt, Subset(dataset, train_idx), Subset(dataset, eval_idx) if eval_idx else None, out, resume=resume
+        cfg, raw, Subset(dataset, train_idx), Subset(dataset, eval_idx) if eval_idx else None, out, resume=resume
     )
     console.print(f"done at step {summary.get('step')}: {summary.get('paths')}")
 
@@ -430,12 +495,23 @@ def finetune(
 @app.command("record")
 def record_command(
     env: Annotated[str, typer.Option(help="Embedded game: ale:Breakout, ale:Pong, gym:CarRacing-v3, ...")],
-    policy: Annotated[str, typer.Option(help="scripted, random, or ckpt:PATH / server:ADDR for a model.")] = "scripted",
+    policy: Annotated[
+        str, typer.Option(help="scripted, random, human (window + gamepad/keyboard), or ckpt:PATH / server:ADDR.")
+    ] = "scripted",
     episodes: Annotated[int, typer.Option(help="Episodes to record.")] = 1,
     out: Annotated[Path, typer.Option(help="Dataset folder (parquet shards under OUT/data).")] = Path("data"),
     seed: Annotated[int, typer.Option(help="Seed of episode 0; episode i uses seed + i.")] = 0,
     max_frames: Annotated[int | None, typer.Option(help="Frame budget per episode.")] = None,
     shard_frames: Annotated[int, typer.Option(help="Rows per parquet shard.")] = 500,
+    explore: Annotated[
+        float,
+        typer.Option(
+            help="Per-frame chance of a burst of random actions that is played but not recorded "
+            "(rows keep the policy's action), so the data shows recoveries.",
+            min=0.0,
+            max=0.99,
+        ),
+    ] = 0.0,
 ) -> None:
     """Record gameplay as a Hugging Face dataset in the fine-tuning schema."""
     from .envs import make_env
@@ -445,6 +521,10 @@ def record_command(
     try:
         if policy in ("scripted", "random"):
             agent = make_agent(policy, env, seed)
+        elif policy == "human":
+            from .human import HumanAgent
+
+            agent = HumanAgent(seed)
         else:
             agent = _PolicyAgent(_contender(policy, seed, None)(env)[1])
         game_env = make_env(env)
@@ -452,14 +532,24 @@ def record_command(
         _fail(exc)
     try:
         summary = record(
-            game_env, agent, episodes=episodes, out_dir=out, seed=seed, max_frames=max_frames, shard_frames=shard_frames
+            game_env,
+            agent,
+            episodes=episodes,
+            out_dir=out,
+            seed=seed,
+            max_frames=max_frames,
+            shard_frames=shard_frames,
+            explore=explore,
         )
     except FileExistsError as exc:
         _fail(exc)
     finally:
         game_env.close()
+        close = getattr(agent, "close", None)
+        if close is not None:
+            close()
     console.print(
-        f"recorded {summary['frames']} frames in {summary['shards']} shard(s) to {out / 'data'}; "
+        f"recorded {summary['frames']} frames in {len(summary['shards'])} shard(s) to {out / 'data'}; "
         f"scores {summary['scores']}"
     )
 
@@ -519,6 +609,9 @@ def eval_command(
     baselines: Annotated[bool, typer.Option(help="Also run the random policy and the scripted expert.")] = True,
     out: Annotated[Path, typer.Option(help="Folder for results.md, results.json and results.png.")] = Path("eval"),
     device: Annotated[str | None, typer.Option(help="For ckpt: policies.")] = None,
+    actions_per_chunk: Annotated[
+        int | None, typer.Option(help="Play the first N actions of each chunk, then ask again (default: all).", min=1)
+    ] = None,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
     from .evaluate import evaluate, markdown_table, summarize, write_results
@@ -531,7 +624,9 @@ def eval_command(
                 contenders.setdefault(spec, _contender(spec, seed_list[0], device))
     except (NitrogenError, ValueError, OSError, ImportError) as exc:
         _fail(exc)
-    results = evaluate(env.split(","), contenders, seed_list, max_frames=max_frames)
+    results = evaluate(
+        env.split(","), contenders, seed_list, max_frames=max_frames, actions_per_chunk=actions_per_chunk
+    )
     paths = write_results(results, out)
     console.print(markdown_table(summarize(results)))
     console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['png']}")

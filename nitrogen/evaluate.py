@@ -22,6 +22,9 @@ import numpy as np
 
 from .play import PlayConfig, run_episode
 
+BASELINES: tuple[str, ...] = ("random", "scripted")
+"""Contender names of the reference policies every evaluation can compare against."""
+
 
 @dataclass
 class EpisodeResult:
@@ -62,9 +65,12 @@ def run_agent(env: Any, agent: Any, seed: int, max_frames: int) -> tuple[float, 
     return score, length, spent / max(length, 1) * 1e3
 
 
-def run_policy(env: Any, policy: Any, seed: int, max_frames: int) -> tuple[float, int, float]:
+def run_policy(
+    env: Any, policy: Any, seed: int, max_frames: int, actions_per_chunk: int | None = None
+) -> tuple[float, int, float]:
     """One episode of a chunk policy, in sync mode: (score, length, median chunk latency ms)."""
-    stats = run_episode(env, policy, PlayConfig(mode="sync", max_frames=max_frames, video=False), seed=seed)
+    config = PlayConfig(mode="sync", max_frames=max_frames, video=False, actions_per_chunk=actions_per_chunk)
+    stats = run_episode(env, policy, config, seed=seed)
     latency = float(np.median(stats.latencies_ms)) if stats.latencies_ms else 0.0
     return stats.score, stats.frames, latency
 
@@ -76,12 +82,14 @@ def evaluate(
     *,
     max_frames: int = 10_000,
     make_env: Callable[[str], Any] | None = None,
+    actions_per_chunk: int | None = None,
 ) -> list[EpisodeResult]:
     """Play every contender on every game and seed.
 
     ``contenders`` maps a name to a factory ``env_id -> (kind, obj)`` where kind is ``"agent"`` or
     ``"policy"``; a factory may raise ``KeyError`` when it has nothing for a game (e.g. no scripted
-    expert), and that pair is skipped.
+    expert), and that pair is skipped. ``actions_per_chunk`` is the policies' receding horizon
+    (see :class:`~nitrogen.play.PlayConfig`).
     """
     if make_env is None:
         from .envs import make_env
@@ -94,9 +102,11 @@ def evaluate(
                     kind, obj = factory(env_id)
                 except KeyError:
                     continue
-                run = run_agent if kind == "agent" else run_policy
                 for seed in seeds:
-                    score, length, latency = run(env, obj, seed, max_frames)
+                    if kind == "agent":
+                        score, length, latency = run_agent(env, obj, seed, max_frames)
+                    else:
+                        score, length, latency = run_policy(env, obj, seed, max_frames, actions_per_chunk)
                     results.append(EpisodeResult(env_id, name, seed, score, length, latency))
         finally:
             env.close()
@@ -125,15 +135,32 @@ def summarize(results: Sequence[EpisodeResult]) -> list[Summary]:
     return out
 
 
+def gap_closed(summaries: Sequence[Summary]) -> dict[tuple[str, str], float]:
+    """``(env, contender) -> (score - random) / (expert - random)`` for contenders other than the
+    baselines, on games where both the ``random`` and ``scripted`` baselines ran and differ."""
+    means = {(s.env, s.contender): s.score_mean for s in summaries}
+    out = {}
+    for s in summaries:
+        if s.contender in BASELINES:
+            continue
+        random, expert = means.get((s.env, "random")), means.get((s.env, "scripted"))
+        if random is not None and expert is not None and expert != random:
+            out[(s.env, s.contender)] = (s.score_mean - random) / (expert - random)
+    return out
+
+
 def markdown_table(summaries: Sequence[Summary]) -> str:
+    """The results as a Markdown table; "gap closed" is :func:`gap_closed` (random 0%, expert 100%)."""
+    closed = gap_closed(summaries)
     lines = [
-        "| game | policy | episodes | score mean | score std | length mean | latency ms |",
-        "|---|---|--:|--:|--:|--:|--:|",
+        "| game | policy | episodes | score mean | score std | gap closed | length mean | latency ms |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for s in summaries:
+        gap = closed.get((s.env, s.contender))
         lines.append(
             f"| {s.env} | {s.contender} | {s.episodes} | {s.score_mean:.2f} | {s.score_std:.2f} | "
-            f"{s.length_mean:.0f} | {s.latency_ms:.1f} |"
+            f"{'-' if gap is None else f'{gap:.0%}'} | {s.length_mean:.0f} | {s.latency_ms:.1f} |"
         )
     return "\n".join(lines)
 
@@ -180,7 +207,11 @@ def write_results(results: Sequence[EpisodeResult], out_dir: Path) -> dict[str, 
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = summarize(results)
     (out_dir / "results.md").write_text(markdown_table(summaries) + "\n")
-    doc = {"summaries": [asdict(s) for s in summaries], "episodes": [asdict(r) for r in results]}
+    closed = gap_closed(summaries)
+    doc = {
+        "summaries": [asdict(s) | {"gap_closed": closed.get((s.env, s.contender))} for s in summaries],
+        "episodes": [asdict(r) for r in results],
+    }
     (out_dir / "results.json").write_text(json.dumps(doc, indent=2))
     return {
         "markdown": out_dir / "results.md",

@@ -61,6 +61,12 @@ class PlayConfig(BaseModel):
     action_shift: int | None = Field(
         None, ge=0, description="frames between an observation and its chunk's first action (default: the policy's)"
     )
+    actions_per_chunk: int | None = Field(
+        None,
+        ge=1,
+        description="sync mode: play only the first N actions of each chunk, then ask again "
+        "(receding horizon; default: the whole chunk)",
+    )
     video: bool = True
 
 
@@ -241,7 +247,7 @@ def _game_clock(env: Any, config: PlayConfig) -> _Clock:
 
 
 def _run_sync(env, policy, config, stats, apply, current_frame) -> None:
-    """Wait for each chunk (the game waits too), then play all of it."""
+    """Wait for each chunk (the game waits too), then play it (its first ``actions_per_chunk``)."""
     clock = _game_clock(env, config)
     pause, resume = getattr(env, "pause", None), getattr(env, "resume", None)
     while True:
@@ -255,7 +261,8 @@ def _run_sync(env, policy, config, stats, apply, current_frame) -> None:
                 resume()
         stats.latencies_ms.append((time.perf_counter() - t0) * 1e3)
         clock.restart()  # the game was paused while the policy thought
-        for k, state in enumerate(states_from_chunk(chunk.action_tensor)):
+        states = states_from_chunk(chunk.action_tensor)[: config.actions_per_chunk]
+        for k, state in enumerate(states):
             stats.executed += 1
             if apply(state, chunk=stats.chunks, substep=k):
                 stats.chunks += 1

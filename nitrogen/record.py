@@ -17,6 +17,12 @@ Each row is one frame: ``image`` (PNG, HF ``datasets.Image``), the 17 boolean bu
 chose that row's action from. Shards are written to a temporary name and renamed into place, so a
 crash loses at most the shard being filled; ``info.json`` is rewritten after every shard
 (``"complete": false``) and at the end (``"complete": true``).
+
+``explore`` injects noise the DART way: now and then a burst of random actions is *executed*, while
+every row keeps the agent's own action for its frame. The dataset then shows how the agent recovers
+from states it would never reach by itself, which is what a cloned policy needs when its own small
+mistakes take it there. A deterministic expert on a deterministic game (sticky actions are off) would
+otherwise play the same episode on every seed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 
 from .agents import Agent
 from .data.schema import BUTTON_COLUMNS, PHYSICAL_BUTTONS
+from .experts import RandomAgent
 from .gamepad import GamepadState
 
 DATA_DIR = "data"
@@ -133,6 +140,8 @@ def record(
     max_frames: int | None = None,
     shard_frames: int = 500,
     game: str | None = None,
+    explore: float = 0.0,
+    explore_frames: tuple[int, int] = (4, 16),
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes of ``env`` with ``agent`` and write them under ``out_dir``.
 
@@ -141,11 +150,16 @@ def record(
     Rows go to ``out_dir/data/shard-NNNNN.parquet``, ``shard_frames`` rows per shard (the last
     may be shorter). ``game`` (default ``env.spec_id``) fills the ``game`` column.
 
+    ``explore`` is the chance, per frame, that a burst of random actions (a random D-pad direction
+    and FIRE, held ``explore_frames`` frames, inclusive bounds) starts; during a burst the env gets
+    the random action and the row still gets the agent's. The bursts are seeded by the episode seed.
+
     Returns the summary also written to ``out_dir/info.json``: ``env``, ``agent``, ``game``,
     ``episodes``, ``frames`` (total), ``seeds``, ``scores`` and ``episode_frames`` (per episode),
-    ``rows_written`` and ``shards`` (on disk) and ``complete``. Raises ``FileExistsError`` if
-    ``out_dir/data`` already holds parquet files. An exception from the env or agent propagates;
-    completed shards stay on disk.
+    ``rows_written`` and ``shards`` (on disk), ``complete`` and ``interrupted``. Raises
+    ``FileExistsError`` if ``out_dir/data`` already holds parquet files. An exception from the env or
+    agent propagates; completed shards stay on disk. A ``KeyboardInterrupt`` (Ctrl-C, or the human
+    policy's window closed) ends the recording early instead, with every played frame written.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -153,6 +167,11 @@ def record(
         raise ValueError(f"shard_frames must be >= 1, got {shard_frames}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    if not 0.0 <= explore < 1.0:
+        raise ValueError(f"explore must lie in [0, 1), got {explore}")
+    low, high = explore_frames
+    if not 1 <= low <= high:
+        raise ValueError(f"explore_frames must satisfy 1 <= low <= high, got {explore_frames}")
     out = Path(out_dir)
     data_dir = out / DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +184,7 @@ def record(
     seeds: list[int] = []
     scores: list[float] = []
     episode_frames: list[int] = []
+    explored = 0
 
     def summary(complete: bool) -> dict[str, Any]:
         return {
@@ -180,42 +200,66 @@ def record(
             "shards": [f"{DATA_DIR}/{s}" for s in writer.shards],
             "shard_frames": shard_frames,
             "fps": getattr(env, "fps", None),
+            "explore": explore,
+            "explored_frames": explored,
             "complete": complete,
         }
 
-    for episode in range(episodes):
-        ep_seed = seed + episode
-        seeds.append(ep_seed)
-        frame, _ = env.reset(seed=ep_seed)
-        agent.reset(env, ep_seed)
-        score, n = 0.0, 0
-        while max_frames is None or n < max_frames:
-            state = agent.act(env, frame)
-            if not isinstance(state, GamepadState):
-                raise TypeError(f"agent {agent!r} returned {type(state).__name__}, expected GamepadState")
-            next_frame, reward, terminated, truncated, _ = env.step(state)
-            score += float(reward)
-            writer.add(
-                {
-                    "image": {"bytes": png_bytes(frame), "path": None},
-                    **state_columns(state),
-                    "episode_id": episode,
-                    "frame": n,
-                    "reward": float(reward),
-                    "score": score,
-                    "game": game_name,
-                }
-            )
-            n += 1
-            if len(writer) >= shard_frames:
-                writer.flush()
-                _write_json(out / INFO_FILE, summary(complete=False))
-            frame = next_frame
-            if terminated or truncated:
-                break
-        scores.append(score)
-        episode_frames.append(n)
+    interrupted = started = False
+    score, n = 0.0, 0
+    try:
+        for episode in range(episodes):
+            ep_seed = seed + episode
+            frame, _ = env.reset(seed=ep_seed)
+            agent.reset(env, ep_seed)
+            # One random choice per burst (held at least the longest burst), bursts timed by `rng`.
+            noise = RandomAgent(ep_seed, min_hold=high, max_hold=high) if explore > 0 else None
+            rng = np.random.default_rng([ep_seed, 1])
+            burst = 0
+            score, n, started = 0.0, 0, True
+            seeds.append(ep_seed)
+            while max_frames is None or n < max_frames:
+                state = agent.act(env, frame)
+                if not isinstance(state, GamepadState):
+                    raise TypeError(f"agent {agent!r} returned {type(state).__name__}, expected GamepadState")
+                executed = state
+                if noise is not None:
+                    if burst == 0 and rng.random() < explore:
+                        noise.reset(env)
+                        burst = int(rng.integers(low, high + 1))
+                    if burst > 0:
+                        executed, burst = noise.act(env, frame), burst - 1
+                        explored += 1
+                next_frame, reward, terminated, truncated, _ = env.step(executed)
+                score += float(reward)
+                writer.add(
+                    {
+                        "image": {"bytes": png_bytes(frame), "path": None},
+                        **state_columns(state),
+                        "episode_id": episode,
+                        "frame": n,
+                        "reward": float(reward),
+                        "score": score,
+                        "game": game_name,
+                    }
+                )
+                n += 1
+                if len(writer) >= shard_frames:
+                    writer.flush()
+                    _write_json(out / INFO_FILE, summary(complete=False))
+                frame = next_frame
+                if terminated or truncated:
+                    break
+            scores.append(score)
+            episode_frames.append(n)
+            started = False
+    except KeyboardInterrupt:
+        # A deliberate stop (Ctrl-C, or a person closing the window): keep every frame played.
+        interrupted = True
+        if started:  # else it stopped between episodes
+            scores.append(score)
+            episode_frames.append(n)
     writer.flush()
-    result = summary(complete=True)
+    result = summary(complete=True) | {"interrupted": interrupted}
     _write_json(out / INFO_FILE, result)
     return result

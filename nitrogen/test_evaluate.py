@@ -2,6 +2,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from nitrogen import InferenceSession
 from nitrogen.evaluate import evaluate, write_results
@@ -43,3 +44,21 @@ def test_eval_table_for_a_tiny_checkpoint_and_an_agent(tiny_ckpt, tmp_path):
     image = cv2.imread(str(paths["png"]))
     assert image is not None and image.shape[0] > 100
     assert next(s for s in doc["summaries"] if s["contender"] == "tiny")["latency_ms"] > 0
+
+
+def test_gap_closed_puts_random_at_0_and_the_expert_at_100_percent():
+    from nitrogen.evaluate import EpisodeResult, gap_closed, markdown_table, summarize
+
+    results = [
+        EpisodeResult("g", "random", 0, -20.0, 100, 0.0),
+        EpisodeResult("g", "scripted", 0, 0.0, 100, 0.0),
+        EpisodeResult("g", "ckpt:a", 0, -10.0, 100, 5.0),
+        EpisodeResult("g", "ckpt:a", 1, -4.0, 100, 5.0),
+        EpisodeResult("h", "ckpt:a", 0, 3.0, 100, 5.0),  # no baselines on this game
+    ]
+    summaries = summarize(results)
+    closed = gap_closed(summaries)
+    assert closed == {("g", "ckpt:a"): pytest.approx((-7.0 + 20.0) / 20.0)}
+    table = markdown_table(summaries)
+    assert "| g | ckpt:a | 2 | -7.00 | 3.00 | 65% |" in table
+    assert "| h | ckpt:a | 1 | 3.00 | 0.00 | - |" in table

@@ -123,3 +123,10 @@ def test_ctrl_c_finishes_the_files(breakout, tmp_path):
     assert summary["interrupted"] and summary["frames"] == 36
 
     assert _frames(Path(summary["run_dir"]) / "clean.mp4") == 36
+
+
+def test_sync_mode_can_replan_after_a_few_actions(breakout, tmp_path):
+    config = PlayConfig(mode="sync", max_frames=40, video=False, actions_per_chunk=4)
+    [summary] = play(breakout, ReplayPolicy(_actions(None, n=400)), config, out_dir=tmp_path)
+    assert summary["chunks"] == 10 and summary["executed_actions"] == 40
+    assert [line["substep"] for line in _lines(Path(summary["run_dir"]))] == [0, 1, 2, 3] * 10

@@ -114,3 +114,47 @@ def test_crash_keeps_completed_shards(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(ds[74]["image"].convert("RGB")), spy.seen[74][1])
     with make_env("ale:Breakout") as env, pytest.raises(FileExistsError):  # never mixes runs
         record(env, BreakoutExpert(0), episodes=1, out_dir=tmp_path, max_frames=5)
+
+
+class EnvSpy:
+    """Wraps an env and remembers the states it was stepped with (what was executed)."""
+
+    def __init__(self, env: Any) -> None:
+        self.env, self.executed = env, []
+        self.spec_id, self.fps = env.spec_id, env.fps
+
+    def reset(self, seed: int | None = None):
+        return self.env.reset(seed=seed)
+
+    def step(self, state: GamepadState):
+        self.executed.append(state)
+        return self.env.step(state)
+
+
+class Still:
+    """An agent that never presses anything."""
+
+    name = "still"
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        return GamepadState()
+
+
+def test_explore_plays_random_bursts_but_records_the_agents_actions(tmp_path: Path) -> None:
+    with make_env("ale:Breakout") as env:
+        spy = EnvSpy(env)
+        info = record(spy, Still(), episodes=2, out_dir=tmp_path / "a", seed=3, max_frames=200, explore=0.05)
+        executed = spy.executed
+        spy.executed = []
+        again = record(spy, Still(), episodes=2, out_dir=tmp_path / "b", seed=3, max_frames=200, explore=0.05)
+    moved = sum(1 for s in executed if s.buttons)
+    assert info["explored_frames"] > 0 and moved > 0  # random actions reached the game...
+    assert moved <= info["explored_frames"] <= sum(info["episode_frames"])
+    rows = load_gameplay(tmp_path / "a" / "data")[:]
+    assert not any(any(rows[c]) for c in BUTTON_COLUMNS)  # ...but every row is the agent's (nothing)
+    assert spy.executed == executed and again["explored_frames"] == info["explored_frames"]  # seeded
+    with make_env("ale:Breakout") as env, pytest.raises(ValueError, match="explore"):
+        record(env, Still(), episodes=1, out_dir=tmp_path / "c", explore=1.0)

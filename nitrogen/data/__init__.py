@@ -1,6 +1,13 @@
 """Fine-tuning data: the gameplay schema, windowed torch datasets and a throughput probe."""
 
-from nitrogen.data.dataset import GameplayDataset, WindowConfig, collate, load_gameplay, split_by_episode
+from nitrogen.data.dataset import (
+    GameplayDataset,
+    WindowConfig,
+    collate,
+    load_gameplay,
+    load_gameplays,
+    split_by_episode,
+)
 from nitrogen.data.schema import (
     BUTTON_COLUMNS,
     PRESETS,
@@ -23,6 +30,7 @@ __all__ = [
     "WindowConfig",
     "collate",
     "load_gameplay",
+    "load_gameplays",
     "load_mapping",
     "measure_throughput",
     "row_to_action",

@@ -8,8 +8,9 @@ Window ``i`` is anchored at a frame ``t`` of one episode:
 * ``actions (H, 25)``: the packed actions of frames ``[t + action_shift, t + action_shift + H)``.
 
 No window crosses an episode boundary: rows are grouped by ``episode_id`` (in order of first
-appearance) and ordered by ``frame`` when that column exists, else by row order; without an
-``episode_id`` column the whole dataset is one episode. Anchors whose action range would run past
+appearance; by ``(game, episode_id)`` when a ``game`` column exists, so recordings of several games
+can share episode numbers) and ordered by ``frame`` when that column exists, else by row order;
+without an ``episode_id`` column the whole dataset is one episode. Anchors whose action range would run past
 the episode's last frame are dropped. Frame numbers are only used for ordering: gaps are not
 detected.
 
@@ -50,6 +51,8 @@ from nitrogen.preprocessing import resize_frame, to_pixels
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+GAME_COLUMN = "game"
+"""Optional column naming each row's game (``nitrogen record`` writes it)."""
 
 
 class WindowConfig(BaseModel):
@@ -130,6 +133,24 @@ def load_gameplay(source: Any, split: str | None = None, *, cache_dir: str | Non
     return _pick_split(datasets.load_dataset(str(source), cache_dir=cache_dir), split)
 
 
+def load_gameplays(sources: Sequence[Any], split: str | None = None, *, cache_dir: str | None = None) -> Any:
+    """Several :func:`load_gameplay` sources as one dataset (their columns must agree)."""
+    import datasets
+
+    if not sources:
+        raise ValueError("no dataset given")
+    parts = [load_gameplay(s, split, cache_dir=cache_dir) for s in sources]
+    if len(parts) == 1:
+        return parts[0]
+    first = set(parts[0].column_names)
+    for source, part in zip(sources[1:], parts[1:], strict=True):
+        if set(part.column_names) != first:
+            raise ValueError(
+                f"{source}: columns {sorted(part.column_names)} differ from {sources[0]}'s {sorted(first)}"
+            )
+    return datasets.concatenate_datasets(parts)
+
+
 def _decode_value(value: Any) -> np.ndarray:
     """An HF image cell (``{"bytes", "path"}`` dict, raw bytes, PIL image or array) -> RGB uint8."""
     from PIL import Image
@@ -198,7 +219,9 @@ class GameplayDataset(torch.utils.data.Dataset):
 
         self.mapper.check_columns(data.column_names)
         meta_cols = [c for c in self.mapper.config.columns() if c in data.column_names]
-        meta_cols += [c for c in (mcfg.episode_id, mcfg.frame) if c in data.column_names and c not in meta_cols]
+        meta_cols += [
+            c for c in (mcfg.episode_id, mcfg.frame, GAME_COLUMN) if c in data.column_names and c not in meta_cols
+        ]
         columns = data.select_columns(meta_cols)[:] if meta_cols else {}
         errors: list[CorruptRowError] | None = [] if skip_bad else None
         self.row_actions = self.mapper.table_to_actions(columns, num_rows=self.num_rows, errors=errors)
@@ -207,7 +230,10 @@ class GameplayDataset(torch.utils.data.Dataset):
             self._record_bad(err)
             self._bad_action[err.row_index] = True
 
-        self._build_windows(columns.get(mcfg.episode_id), columns.get(mcfg.frame))
+        episode_ids = columns.get(mcfg.episode_id)
+        if episode_ids is not None and GAME_COLUMN in columns:
+            episode_ids = list(zip(columns[GAME_COLUMN], episode_ids, strict=True))
+        self._build_windows(episode_ids, columns.get(mcfg.frame))
         self._bad_image = np.zeros(self.num_rows, dtype=bool)
         self._cache_path: Path | None = None
         self._cache: np.ndarray | None = None

@@ -22,6 +22,7 @@ from nitrogen.data import (
     GameplayDataset,
     MappingConfig,
     load_gameplay,
+    load_gameplays,
     load_mapping,
     measure_throughput,
     split_by_episode,
@@ -391,3 +392,23 @@ def test_default_collate_batches_feed_training_loss(clean, tiny_ckpt):
 def test_measure_throughput(clean):
     ds = GameplayDataset(clean, action_shift=3, action_horizon=18)
     assert measure_throughput(ds, batch_size=4, num_workers=0, batches=3) > 0
+
+
+def test_several_recordings_share_episode_numbers_when_games_differ(clean, tmp_path):
+    # Two "games" recorded with the same episode ids, loaded as one dataset: episodes stay apart.
+    first = clean.add_column("game", ["ale:Breakout"] * N)
+    second = clean.add_column("game", ["ale:Pong"] * N)
+    first.to_parquet(str(tmp_path / "a.parquet"))
+    second.to_parquet(str(tmp_path / "b.parquet"))
+    both = load_gameplays([tmp_path / "a.parquet", tmp_path / "b.parquet"], cache_dir=str(tmp_path / "hf"))
+    assert len(both) == 2 * N
+    ds = GameplayDataset(both, action_shift=3, action_horizon=18)
+    single = GameplayDataset(clean, action_shift=3, action_horizon=18)
+    assert len(ds) == 2 * len(single)  # as if concatenated with fresh episode ids
+    assert len(set(ds.episode_keys)) == 4
+    games = np.asarray(both["game"])
+    for i in range(len(ds)):
+        frame_rows, action_rows = ds.window_rows(i)
+        assert len(set(games[action_rows])) == 1 and games[frame_rows[-1]] == games[action_rows[0]]
+    with pytest.raises(ValueError, match="columns"):
+        load_gameplays([tmp_path / "a.parquet", load_gameplay(tmp_path / "a.parquet").remove_columns("game")])

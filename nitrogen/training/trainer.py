@@ -322,6 +322,16 @@ class Trainer:
         )
         batches = iter(loader)
         metrics_path = self._open_metrics(resumed_from is not None)
+        if self.is_main:
+            # What this run is, beside its outputs: the config and what it started from.
+            run_info = {
+                "finetune_config": cfg.model_dump(mode="json"),
+                "base_checkpoint": str(self.raw.path) if self.raw.path else self.raw.config.experiment_name,
+                "num_processes": acc.num_processes,
+                "train_windows": len(self.train_dataset),
+                "eval_windows": len(self.eval_dataset) if self.eval_dataset is not None else 0,
+            }
+            ckpt.write_text_atomic(self.out_dir / "run.json", json.dumps(run_info, indent=2))
         mcfg = self.model.config.model_cfg
         bar = tqdm(
             total=cfg.max_steps,
