@@ -34,6 +34,10 @@ _EXPORTS: dict[str, str] = {
     "NitroGenModel": "modeling",
     "InferenceSession": "session",
     "PolicyEngine": "engine",
+    "init_checkpoint": "presets",
+    "agent_path": "default_agent",
+    "demo": "default_agent",
+    "HumanAgent": "human",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -56,8 +60,11 @@ if TYPE_CHECKING:
     from .actions import ACTION_DIM, BUTTONS, pack_actions, unpack_actions  # noqa: F401
     from .checkpoint import convert_checkpoint, load_model, read_checkpoint, save_checkpoint  # noqa: F401
     from .configuration import CheckpointConfig, DiTConfig, MixerConfig, ModalityConfig, ModelConfig, TokenizerConfig  # noqa: F401
+    from .default_agent import agent_path, demo  # noqa: F401
     from .engine import PolicyEngine  # noqa: F401
     from .errors import CheckpointError, NitrogenError, UnknownVisionEncoderError  # noqa: F401
+    from .human import HumanAgent  # noqa: F401
     from .modeling import NitroGenModel  # noqa: F401
     from .policy import ActionChunk, Policy  # noqa: F401
+    from .presets import init_checkpoint  # noqa: F401
     from .session import InferenceSession  # noqa: F401
