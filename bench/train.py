@@ -1,15 +1,16 @@
-"""Fine-tuning speed and peak memory on this machine: tiny and full-size, LoRA and full.
+"""Fine-tuning speed and peak memory on this machine: tiny, presets and full-size, LoRA and full.
 
 Run from the repository root::
 
     PYTHONPATH=. python bench/train.py                       # tiny + full, lora + full, CPU
     PYTHONPATH=. python bench/train.py --models tiny --steps 20
+    PYTHONPATH=. python bench/train.py --models agent-small --modes full --batch 32   # the default agent's recipe
 
 Each configuration runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its
 own. A step is one optimizer step of ``--batch`` synthetic samples (256x256 frames, 18x25 actions)
 through :class:`nitrogen.training.trainer.Trainer` (the same code as ``nitrogen finetune``); the
 first step is a warm-up and is not timed. The full-size model is the released config with random
-weights, in float32 on CPU.
+weights, in float32 on CPU; a preset name (``nitrogen/presets.py``) is a fresh model of that size.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ TINY = REPO.parent / "shared" / "golden" / "released_layout.pt"
 def run_one(model_name: str, mode: str, batch: int, steps: int) -> dict:
     import torch
 
-    from nitrogen.checkpoint import RawCheckpoint, build_model, load_model
+    from nitrogen.checkpoint import RawCheckpoint, build_model, load_model, model_from_checkpoint
     from nitrogen.configuration import CheckpointConfig
+    from nitrogen.presets import PRESETS, init_checkpoint
     from nitrogen.training.config import FinetuneConfig
     from nitrogen.training.testing import SyntheticDataset
     from nitrogen.training.trainer import Trainer
@@ -41,6 +43,9 @@ def run_one(model_name: str, mode: str, batch: int, steps: int) -> dict:
     torch.manual_seed(0)
     if model_name == "tiny":
         model, raw = load_model(TINY)
+    elif model_name in PRESETS:
+        raw = init_checkpoint(model_name)
+        model = model_from_checkpoint(raw).train()
     else:
         model, raw = build_model(CheckpointConfig()).train(), RawCheckpoint(CheckpointConfig(), {}, None)
     horizon = raw.config.model_cfg.action_horizon
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="tiny,full")
     parser.add_argument("--modes", default="lora,full")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: tiny 20, full 3)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: full 3, others 20)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", nargs=4, metavar=("MODEL", "MODE", "BATCH", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models.split(","):
         for mode in args.modes.split(","):
-            steps = args.steps or (20 if model == "tiny" else 3)
+            steps = args.steps or (3 if model == "full" else 20)
             cmd = [sys.executable, __file__, "--one", model, mode, str(args.batch), str(steps)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
