@@ -614,7 +614,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
-    from .evaluate import evaluate, markdown_table, summarize, write_results
+    from .evaluate import EpisodeResult, evaluate, markdown_table, summarize, write_results
 
     seed_list = [int(s) for s in seeds.split(",")] if seeds else list(range(episodes))
     try:
@@ -624,9 +624,24 @@ def eval_command(
                 contenders.setdefault(spec, _contender(spec, seed_list[0], device))
     except (NitrogenError, ValueError, OSError, ImportError) as exc:
         _fail(exc)
-    results = evaluate(
-        env.split(","), contenders, seed_list, max_frames=max_frames, actions_per_chunk=actions_per_chunk
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    env_ids = env.split(",")
+    with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("eval", total=len(env_ids) * len(contenders) * len(seed_list))
+
+        def on_episode(r: EpisodeResult) -> None:
+            bar.console.print(f"{r.env} {r.contender} seed {r.seed}: score {r.score:g} in {r.length} frames")
+            bar.advance(task)
+
+        results = evaluate(
+            env_ids,
+            contenders,
+            seed_list,
+            max_frames=max_frames,
+            actions_per_chunk=actions_per_chunk,
+            on_episode=on_episode,
+        )
     paths = write_results(results, out)
     console.print(markdown_table(summarize(results)))
     console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['png']}")

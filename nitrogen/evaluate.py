@@ -83,13 +83,14 @@ def evaluate(
     max_frames: int = 10_000,
     make_env: Callable[[str], Any] | None = None,
     actions_per_chunk: int | None = None,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
     """Play every contender on every game and seed.
 
     ``contenders`` maps a name to a factory ``env_id -> (kind, obj)`` where kind is ``"agent"`` or
     ``"policy"``; a factory may raise ``KeyError`` when it has nothing for a game (e.g. no scripted
     expert), and that pair is skipped. ``actions_per_chunk`` is the policies' receding horizon
-    (see :class:`~nitrogen.play.PlayConfig`).
+    (see :class:`~nitrogen.play.PlayConfig`). ``on_episode`` is called after every episode (progress).
     """
     if make_env is None:
         from .envs import make_env
@@ -108,6 +109,8 @@ def evaluate(
                     else:
                         score, length, latency = run_policy(env, obj, seed, max_frames, actions_per_chunk)
                     results.append(EpisodeResult(env_id, name, seed, score, length, latency))
+                    if on_episode is not None:
+                        on_episode(results[-1])
         finally:
             env.close()
     return results

@@ -29,6 +29,8 @@ from .gamepad import NEUTRAL, GamepadState
 FIRE = GamepadState(frozenset({"SOUTH"}))
 LEFT = GamepadState(frozenset({"DPAD_LEFT"}))
 RIGHT = GamepadState(frozenset({"DPAD_RIGHT"}))
+FIRE_LEFT = GamepadState(frozenset({"DPAD_LEFT", "SOUTH"}))
+FIRE_RIGHT = GamepadState(frozenset({"DPAD_RIGHT", "SOUTH"}))
 
 _DIRECTIONS: tuple[frozenset[str], ...] = (
     frozenset(),
@@ -82,7 +84,13 @@ class RandomAgent:
 
 
 class BreakoutExpert:
-    """Keeps the paddle under the ball (RAM[72] vs RAM[99]); FIRE launches a new ball.
+    """Keeps the paddle under the ball (RAM[72] vs RAM[99]) while holding FIRE.
+
+    FIRE only serves a ball in Breakout, and holding it serves each new ball at once (no
+    press/release needed); while a ball is in play the game ignores it. Holding it on every frame
+    makes serving a constant of the play rather than a rare one-frame event, which a policy
+    cloned from this expert could never learn. Combined with a direction, the pad state maps to
+    plain LEFT/RIGHT (Breakout has no LEFTFIRE; see :mod:`nitrogen.envs.mappings`).
 
     ``dead_band`` is how far (RAM units ~ pixels) the paddle may be off target before it moves.
     """
@@ -95,22 +103,20 @@ class BreakoutExpert:
     def __init__(self, seed: int | None = None, *, dead_band: int = 2) -> None:
         self.seed = seed
         self.dead_band = dead_band
-        self._fire_phase = False
 
     def reset(self, env: Any, seed: int | None = None) -> None:
-        self._fire_phase = False
+        pass
 
     def act(self, env: Any, frame: np.ndarray) -> GamepadState:
         ram = _ram(env)
-        if ram[self.BALL_Y] == 0:  # no ball in play: press/release FIRE to serve one
-            self._fire_phase = not self._fire_phase
-            return FIRE if self._fire_phase else NEUTRAL
+        if ram[self.BALL_Y] == 0:  # no ball in play: FIRE serves one
+            return FIRE
         error = int(ram[self.BALL_X]) + self.OFFSET - int(ram[self.PADDLE_X])
         if error > self.dead_band:
-            return RIGHT
+            return FIRE_RIGHT
         if error < -self.dead_band:
-            return LEFT
-        return NEUTRAL
+            return FIRE_LEFT
+        return FIRE
 
 
 class PongExpert:

@@ -130,3 +130,4 @@ def test_record_then_finetune_reads_it_unchanged_then_eval(tiny_ckpt, tmp_path):
     table = (out / "results.md").read_text()
     for name in ("ckpt:", "random", "scripted"):
         assert name in table
+    assert "ale:Breakout random seed 0: score" in result.output  # one progress line per episode
