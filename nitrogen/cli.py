@@ -599,6 +599,15 @@ def _contender(spec: str, seed: int | None, device: str | None) -> Any:
     raise ValueError(f"unknown --policy {spec!r}: use ckpt:PATH, server:ADDR, replay:PATH, random or scripted")
 
 
+def _plays(factory: Any, env_id: str) -> bool:
+    """Whether a contender factory has something for ``env_id`` (the harness skips it otherwise)."""
+    try:
+        factory(env_id)
+    except LookupError:
+        return False
+    return True
+
+
 @app.command("eval")
 def eval_command(
     env: Annotated[str, typer.Option(help="Games, comma-separated: ale:Breakout,ale:Pong")],
@@ -627,8 +636,9 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     env_ids = env.split(",")
+    pairs = sum(_plays(factory, env_id) for env_id in env_ids for factory in contenders.values())
     with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("eval", total=len(env_ids) * len(contenders) * len(seed_list))
+        task = bar.add_task("eval", total=pairs * len(seed_list))
 
         def on_episode(r: EpisodeResult) -> None:
             bar.console.print(f"{r.env} {r.contender} seed {r.seed}: score {r.score:g} in {r.length} frames")

@@ -88,9 +88,10 @@ def evaluate(
     """Play every contender on every game and seed.
 
     ``contenders`` maps a name to a factory ``env_id -> (kind, obj)`` where kind is ``"agent"`` or
-    ``"policy"``; a factory may raise ``KeyError`` when it has nothing for a game (e.g. no scripted
-    expert), and that pair is skipped. ``actions_per_chunk`` is the policies' receding horizon
-    (see :class:`~nitrogen.play.PlayConfig`). ``on_episode`` is called after every episode (progress).
+    ``"policy"``; a factory may raise a ``LookupError`` (``KeyError``,
+    :class:`~nitrogen.experts.NoExpertError`) when it has nothing for a game, and that pair is
+    skipped. ``actions_per_chunk`` is the policies' receding horizon (see
+    :class:`~nitrogen.play.PlayConfig`). ``on_episode`` is called after every episode (progress).
     """
     if make_env is None:
         from .envs import make_env
@@ -101,7 +102,7 @@ def evaluate(
             for name, factory in contenders.items():
                 try:
                     kind, obj = factory(env_id)
-                except KeyError:
+                except LookupError:
                     continue
                 for seed in seeds:
                     if kind == "agent":

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .agents import Agent
+from .errors import NitrogenError
 from .gamepad import NEUTRAL, GamepadState
 
 FIRE = GamepadState(frozenset({"SOUTH"}))
@@ -39,6 +40,14 @@ _DIRECTIONS: tuple[frozenset[str], ...] = (
     frozenset({"DPAD_LEFT"}),
     frozenset({"DPAD_RIGHT"}),
 )
+
+
+class NoExpertError(NitrogenError, ValueError, LookupError):
+    """There is no scripted expert for this game.
+
+    A ``LookupError`` as well, so the evaluation harness skips the expert baseline on such a game
+    (see :func:`nitrogen.evaluate.evaluate`) instead of failing the whole run.
+    """
 
 
 def _ram(env: Any) -> np.ndarray:
@@ -165,7 +174,8 @@ def make_agent(spec: str, env_id: str, seed: int | None = None) -> Agent:
     """An agent by name: ``"random"`` (any env) or ``"scripted"`` (an env in :data:`EXPERTS`).
 
     ``env_id`` is matched case-insensitively (``"ale:breakout"`` works). Raises ``ValueError``
-    naming the valid choices for an unknown ``spec`` or an env without a scripted expert.
+    naming the valid choices for an unknown ``spec``, and :class:`NoExpertError` (a ``ValueError``) for
+    an env without a scripted expert.
     """
     kind = spec.strip().lower()
     if kind == "random":
@@ -174,6 +184,6 @@ def make_agent(spec: str, env_id: str, seed: int | None = None) -> Agent:
         by_key = {key.lower(): cls for key, cls in EXPERTS.items()}
         cls = by_key.get(env_id.strip().lower())
         if cls is None:
-            raise ValueError(f"no scripted expert for env {env_id!r}; experts exist for {sorted(EXPERTS)}")
+            raise NoExpertError(f"no scripted expert for env {env_id!r}; experts exist for {sorted(EXPERTS)}")
         return cls(seed)
     raise ValueError(f"unknown agent {spec!r}; expected one of {list(AGENT_KINDS)}")

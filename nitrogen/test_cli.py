@@ -131,3 +131,12 @@ def test_record_then_finetune_reads_it_unchanged_then_eval(tiny_ckpt, tmp_path):
     for name in ("ckpt:", "random", "scripted"):
         assert name in table
     assert "ale:Breakout random seed 0: score" in result.output  # one progress line per episode
+
+
+def test_eval_on_a_game_without_an_expert_skips_that_baseline(tmp_path):
+    out = tmp_path / "eval"
+    args = ["eval", "--env", "ale:Boxing", "--policy", "random", "--episodes", "1", "--max-frames", "20"]
+    result = runner.invoke(app, args + ["--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = (out / "results.md").read_text()
+    assert "| ale:Boxing | random | 1 |" in table and "scripted" not in table

@@ -62,3 +62,17 @@ def test_gap_closed_puts_random_at_0_and_the_expert_at_100_percent():
     table = markdown_table(summaries)
     assert "| g | ckpt:a | 2 | -7.00 | 3.00 | 65% |" in table
     assert "| h | ckpt:a | 1 | 3.00 | 0.00 | - |" in table
+
+
+def test_a_game_without_a_scripted_expert_is_evaluated_without_that_baseline():
+    from nitrogen.experts import NoExpertError, make_agent
+
+    contenders = {name: (lambda env_id, n=name: ("agent", make_agent(n, env_id, 0))) for name in ("random", "scripted")}
+    with pytest.raises(NoExpertError):
+        contenders["scripted"]("ale:Boxing")
+    results = evaluate(["ale:Boxing", "ale:Pong"], contenders, seeds=[0], max_frames=30)
+    assert [(r.env, r.contender) for r in results] == [
+        ("ale:Boxing", "random"),
+        ("ale:Pong", "random"),
+        ("ale:Pong", "scripted"),
+    ]
