@@ -161,9 +161,104 @@ class PongExpert:
         return NEUTRAL
 
 
-EXPERTS: dict[str, type[BreakoutExpert | PongExpert]] = {
+class LookaheadExpert:
+    """Plans on a copy of the emulator: every ``replan_every`` frames, it tries each candidate action.
+
+    For each action in :attr:`ACTIONS` it restores a snapshot of the emulator
+    (:meth:`~nitrogen.envs.ale.AtariEnv.clone_state`), holds the action for ``replan_every``
+    frames, then :attr:`CONTINUE` up to ``horizon`` frames, and scores the outcome:
+    ``REWARD_SCALE * reward - LIFE_PENALTY * (life lost) + progress(RAM)``. It plays the best
+    action (the earliest in :attr:`ACTIONS` on a tie) for ``replan_every`` frames, then plans
+    again (receding-horizon control). The frames it tries are never part of the episode.
+    Subclasses name the game's actions and, where reward is sparse, a :meth:`progress` read from RAM.
+    """
+
+    name = "lookahead"
+    ACTIONS: tuple[str, ...] = ("NOOP",)
+    """Candidate ALE action names, most preferred first."""
+    CONTINUE = "NOOP"
+    """What a rollout plays after its candidate, up to the horizon."""
+    REWARD_SCALE = 1.0
+    LIFE_PENALTY = 1000.0
+
+    def __init__(self, seed: int | None = None, *, horizon: int = 32, replan_every: int = 4) -> None:
+        if not 1 <= replan_every <= horizon:
+            raise ValueError(f"need 1 <= replan_every <= horizon, got {replan_every}, {horizon}")
+        self.seed = seed
+        self.horizon, self.replan_every = horizon, replan_every
+        self._state, self._left = NEUTRAL, 0
+
+    def progress(self, ram: np.ndarray) -> float:
+        """Game-specific value of the RAM at the end of a rollout (0: reward alone)."""
+        return 0.0
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self._state, self._left = NEUTRAL, 0
+
+    def _value(self, env: Any, action: str) -> float:
+        reward, lost = env.emulate(action, self.replan_every)
+        if not lost and self.horizon > self.replan_every:
+            more, lost = env.emulate(self.CONTINUE, self.horizon - self.replan_every)
+            reward += more
+        return self.REWARD_SCALE * reward - self.LIFE_PENALTY * lost + self.progress(env.ram())
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        if self._left > 0:
+            self._left -= 1
+            return self._state
+        root = env.clone_state()
+        best_action, best_value = self.ACTIONS[0], -np.inf
+        for action in self.ACTIONS:
+            env.restore_state(root)
+            value = self._value(env, action)
+            if value > best_value:
+                best_action, best_value = action, value
+        env.restore_state(root)
+        self._state, self._left = env.canonical_state(best_action), self.replan_every - 1
+        return self._state
+
+
+class FreewayExpert(LookaheadExpert):
+    """Crosses the road, waiting (or stepping back) when going up now would run into a car.
+
+    ``RAM[14]`` is the chicken's height (6 at the bottom kerb, about 177 at the top; up is +1 per
+    frame). A car sends it back down and stuns it, so a rollout that is hit ends lower than one
+    that waits. A crossing (+1 reward) counts as 200, more than any height.
+    """
+
+    name = "scripted-freeway"
+    CHICKEN_Y = 14
+    ACTIONS = ("UP", "NOOP", "DOWN")
+    CONTINUE = "UP"
+    REWARD_SCALE = 200.0
+
+    def __init__(self, seed: int | None = None, *, horizon: int = 64, replan_every: int = 4) -> None:
+        super().__init__(seed, horizon=horizon, replan_every=replan_every)
+
+    def progress(self, ram: np.ndarray) -> float:
+        return float(ram[self.CHICKEN_Y])
+
+
+class BoxingExpert(LookaheadExpert):
+    """Punches whenever a punch would land, and steps up, down or sideways when a move scores sooner.
+
+    Boxing's reward is punches landed minus punches taken, so reward alone is a good plan value.
+    Rollouts continue by punching; plans last 8 frames, long enough for one punch to connect.
+    """
+
+    name = "scripted-boxing"
+    ACTIONS = ("FIRE", "UP", "DOWN", "LEFT", "RIGHT", "NOOP")
+    CONTINUE = "FIRE"
+
+    def __init__(self, seed: int | None = None, *, horizon: int = 48, replan_every: int = 8) -> None:
+        super().__init__(seed, horizon=horizon, replan_every=replan_every)
+
+
+EXPERTS: dict[str, type[Agent]] = {
     "ale:Breakout": BreakoutExpert,
     "ale:Pong": PongExpert,
+    "ale:Freeway": FreewayExpert,
+    "ale:Boxing": BoxingExpert,
 }
 """Env id -> scripted expert class."""
 

@@ -10,7 +10,16 @@ import pytest
 
 from nitrogen.agents import Agent
 from nitrogen.envs import AtariEnv, make_env
-from nitrogen.experts import EXPERTS, BreakoutExpert, PongExpert, RandomAgent, make_agent
+from nitrogen.experts import (
+    EXPERTS,
+    BoxingExpert,
+    BreakoutExpert,
+    FreewayExpert,
+    LookaheadExpert,
+    PongExpert,
+    RandomAgent,
+    make_agent,
+)
 from nitrogen.gamepad import GamepadState
 
 pytest.importorskip("ale_py")
@@ -68,6 +77,59 @@ def test_pong_expert_beats_random() -> None:
     assert expert >= -5
 
 
+class Constant:
+    """Holds one ALE action (by name) for the whole episode: the blind baseline a planner must beat."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def reset(self, env: AtariEnv, seed: int | None = None) -> None:
+        pass
+
+    def act(self, env: AtariEnv, frame: np.ndarray) -> GamepadState:
+        return env.canonical_state(self.action)
+
+
+def test_freeway_expert_dodges_cars() -> None:
+    # Holding UP also crosses, but cars knock the chicken back; waiting for a gap crosses more often.
+    frames = 1800
+    expert, sent = play("ale:Freeway", FreewayExpert(0), frames)
+    up, _ = play("ale:Freeway", Constant("UP"), frames)
+    rand, _ = play("ale:Freeway", RandomAgent(0), frames)
+    assert expert > up > rand, (expert, up, rand)
+    assert GamepadState(frozenset()) in sent  # it does wait
+
+
+def test_boxing_expert_outpunches_random_and_constant_punching() -> None:
+    frames = 1500
+    expert, _ = play("ale:Boxing", BoxingExpert(0), frames)
+    punch, _ = play("ale:Boxing", Constant("FIRE"), frames)
+    rand, _ = play("ale:Boxing", RandomAgent(0), frames)
+    assert expert >= max(punch, rand) + 15, (expert, punch, rand)
+
+
+def test_lookahead_planning_does_not_leak_into_the_episode() -> None:
+    """The frames an expert tries on a snapshot are undone: the episode matches a replay of its actions."""
+    with make_env("ale:Boxing") as env:
+        frame, _ = env.reset(seed=5)
+        expert = BoxingExpert(5)
+        expert.reset(env, 5)
+        sent, frames = [], []
+        for _ in range(40):
+            sent.append(expert.act(env, frame))
+            frame, *_ = env.step(sent[-1])
+            frames.append(frame)
+    with make_env("ale:Boxing") as env:
+        env.reset(seed=5)
+        replay = [env.step(state)[0] for state in sent]
+    assert all(np.array_equal(a, b) for a, b in zip(frames, replay, strict=True))
+
+
+def test_lookahead_checks_its_timing() -> None:
+    with pytest.raises(ValueError, match="replan_every <= horizon"):
+        LookaheadExpert(horizon=4, replan_every=8)
+
+
 @pytest.mark.parametrize("env_id", sorted(EXPERTS))
 @pytest.mark.parametrize("kind", ["random", "scripted"])
 def test_agents_send_valid_states(env_id: str, kind: str) -> None:
@@ -92,6 +154,7 @@ def test_random_agent_is_reproducible_and_holds_choices() -> None:
 def test_make_agent_names() -> None:
     assert isinstance(make_agent("scripted", "ale:breakout"), BreakoutExpert)
     assert isinstance(make_agent("scripted", "ale:Pong"), PongExpert)
+    assert isinstance(make_agent("scripted", "ale:freeway"), FreewayExpert)
     assert isinstance(make_agent("random", "anything"), RandomAgent)
     with pytest.raises(ValueError, match="unknown agent 'expertish'.*random.*scripted"):
         make_agent("expertish", "ale:Breakout")

@@ -117,6 +117,34 @@ class AtariEnv(GamepadEnv):
         """The console's 128-byte RAM now, ``uint8`` ``(128,)`` (what scripted experts read)."""
         return self._env.unwrapped.ale.getRAM()
 
+    def clone_state(self) -> Any:
+        """A snapshot of the emulator (RAM, CPU, RNG) that :meth:`restore_state` returns to.
+
+        With :meth:`emulate`, this lets a scripted expert try actions ahead of time (see
+        :class:`nitrogen.experts.LookaheadExpert`); the episode itself never sees those frames.
+        """
+        return self._env.unwrapped.ale.cloneState()
+
+    def restore_state(self, state: Any) -> None:
+        """Put the emulator back to a snapshot from :meth:`clone_state`."""
+        self._env.unwrapped.ale.restoreState(state)
+
+    def emulate(self, action: str, frames: int) -> tuple[float, bool]:
+        """Run the emulator ``frames`` frames on ``action`` (a name in :attr:`action_names`), unrendered.
+
+        Returns the reward sum and whether a life was lost or the game ended on the way (it stops
+        there). For planning from a :meth:`clone_state` snapshot; it does not count toward
+        ``max_episode_frames``.
+        """
+        ale = self._env.unwrapped.ale
+        code = self._env.unwrapped._action_set[self._action_index[action]]
+        lives, total = ale.lives(), 0.0
+        for _ in range(frames):
+            total += ale.act(code)
+            if ale.game_over() or ale.lives() < lives:
+                return total, True
+        return total, False
+
     def _reset(self, seed: int | None) -> tuple[Frame, Info]:
         self._frames = 0
         frame, info = self._env.reset(seed=seed)

@@ -423,3 +423,21 @@ def test_pong_up_and_down_move_the_paddle_vertically() -> None:
             assert env.to_env_action(env.canonical_state(action)) == action
     finally:
         env.close()
+
+
+def test_clone_emulate_restore_round_trip() -> None:
+    """``emulate`` runs the console ahead unrendered; ``restore_state`` puts RAM and the next frame back."""
+    from nitrogen.envs import make_env
+
+    with make_env("ale:Freeway") as env:
+        env.reset(seed=0)
+        snapshot, ram = env.clone_state(), env.ram().copy()
+        reward, lost = env.emulate("UP", 30)
+        assert env.ram()[14] == ram[14] + 30  # the chicken climbs one pixel a frame
+        assert reward == 0.0 and not lost
+        env.restore_state(snapshot)
+        assert np.array_equal(env.ram(), ram)
+        after_restore = env.step(env.canonical_state("UP"))[0]
+    with make_env("ale:Freeway") as env:
+        env.reset(seed=0)
+        assert np.array_equal(env.step(env.canonical_state("UP"))[0], after_restore)
