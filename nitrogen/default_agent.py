@@ -5,7 +5,7 @@ scripted-expert play of the embedded Atari games, with ``nitrogen record`` and `
 only. ``recipes/default-agent/train.sh`` rebuilds it; its card (``agent.json``) records the recipe,
 seeds, and the evaluation on seeds not used in training.
 
->>> results = demo("ale:Breakout", max_frames=600, out_dir="runs")     # doctest: +SKIP
+>>> results = demo("ale:Freeway", max_frames=600, out_dir="runs")     # doctest: +SKIP
 """
 
 from __future__ import annotations

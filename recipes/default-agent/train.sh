@@ -4,15 +4,15 @@
 #   2. train a fresh `agent-small` model on it (`nitrogen finetune --ckpt init:agent-small`),
 #   3. evaluate it on seeds 0-9, which training never saw, against the random policy and the expert,
 #   4. write the agent card and install model.pt + agent.json into nitrogen/assets/default-agent.
-# About 70 minutes on a 2-core CPU. Usage: bash recipes/default-agent/train.sh [WORK_DIR]
+# About 65 minutes on a 2-core CPU. Usage: bash recipes/default-agent/train.sh [WORK_DIR]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 WORK="${1:-runs/default-agent}"
-GAMES=(Breakout Pong)
+GAMES=(Freeway Boxing)
 RECORD_SEED=100
-RECORD_EPISODES=20
+RECORD_EPISODES=10
 RECORD_FRAMES=3000
 EXPLORE=0.01
 EVAL_SEEDS=0,1,2,3,4,5,6,7,8,9
