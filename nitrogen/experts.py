@@ -1,8 +1,9 @@
-"""Reference agents for recording gameplay: random play and scripted experts that read the emulator RAM.
+"""Reference agents for recording gameplay: random play and scripted experts that read the emulator.
 
-The scripted experts look at the Atari RAM (via :meth:`nitrogen.envs.ale.AtariEnv.ram`), never at
-the model, and send one :class:`~nitrogen.gamepad.GamepadState` per frame, so their play can be
-recorded as fine-tuning data (:mod:`nitrogen.record`) or used as a baseline.
+The scripted experts look at the Atari RAM (via :meth:`nitrogen.envs.ale.AtariEnv.ram`) or plan
+on snapshots of the emulator (:class:`LookaheadExpert`: Freeway, Boxing), never at the model, and
+send one :class:`~nitrogen.gamepad.GamepadState` per frame, so their play can be recorded as
+fine-tuning data (:mod:`nitrogen.record`) or used as a baseline.
 
 RAM addresses (checked against the rendered frame, ale-py 0.12, ``frameskip=1``):
 
