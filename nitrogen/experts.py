@@ -1,7 +1,7 @@
 """Reference agents for recording gameplay: random play and scripted experts that read the emulator.
 
 The scripted experts look at the Atari RAM (via :meth:`nitrogen.envs.ale.AtariEnv.ram`) or plan
-on snapshots of the emulator (:class:`LookaheadExpert`: Freeway, Boxing), never at the model, and
+on snapshots of the emulator (:class:`LookaheadExpert`: Freeway), never at the model, and
 send one :class:`~nitrogen.gamepad.GamepadState` per frame, so their play can be recorded as
 fine-tuning data (:mod:`nitrogen.record`) or used as a baseline.
 
@@ -240,19 +240,52 @@ class FreewayExpert(LookaheadExpert):
         return float(ram[self.CHICKEN_Y])
 
 
-class BoxingExpert(LookaheadExpert):
-    """Punches whenever a punch would land, and steps up, down or sideways when a move scores sooner.
+class BoxingExpert:
+    """Boxes from the positions in RAM: stands beside the opponent, level with its head, and punches.
 
-    Boxing's reward is punches landed minus punches taken, so reward alone is a good plan value.
-    Rollouts continue by punching; plans last 8 frames, long enough for one punch to connect.
+    ``RAM[32]``/``RAM[34]`` are the player's x/y, ``RAM[33]``/``RAM[35]`` the opponent's (1 unit per
+    pixel of movement). The target spot is :attr:`STANDOFF` to the near side of the opponent and
+    :attr:`Y_OFFSET` from its y. Each frame the expert punches when it is within :attr:`IN_LINE`
+    of the target row and :attr:`REACH` of the opponent; otherwise it walks (diagonals included)
+    towards the spot, and punches once there. Every choice follows from where the two boxers
+    are on the current frame, which is what a policy cloned from its play can see. (A planner on
+    emulator snapshots scores more, but its lead comes from moves timed on the future, which
+    no single frame shows.) The constants come from a search over Boxing play; see
+    docs/BENCHMARKS.md.
     """
 
     name = "scripted-boxing"
-    ACTIONS = ("FIRE", "UP", "DOWN", "LEFT", "RIGHT", "NOOP")
-    CONTINUE = "FIRE"
+    PLAYER_X, OPPONENT_X, PLAYER_Y, OPPONENT_Y = 32, 33, 34, 35
+    STANDOFF = 16
+    Y_OFFSET = -8
+    IN_LINE = 4
+    REACH = 34
 
-    def __init__(self, seed: int | None = None, *, horizon: int = 48, replan_every: int = 8) -> None:
-        super().__init__(seed, horizon=horizon, replan_every=replan_every)
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        ram = _ram(env).astype(int)
+        px, py = ram[self.PLAYER_X], ram[self.PLAYER_Y]
+        ox, oy = ram[self.OPPONENT_X], ram[self.OPPONENT_Y]
+        side = 1 if ox >= px else -1  # +1: the opponent is to the right
+        dx = ox - side * self.STANDOFF - px  # > 0: the spot is to the right
+        dy = oy + self.Y_OFFSET - py  # > 0: the spot is below
+        if abs(dy) <= self.IN_LINE and abs(ox - px) <= self.REACH:
+            return FIRE
+        buttons: set[str] = set()
+        if dy < -self.IN_LINE:
+            buttons.add("DPAD_UP")
+        elif dy > self.IN_LINE:
+            buttons.add("DPAD_DOWN")
+        if dx > 0:
+            buttons.add("DPAD_RIGHT")
+        elif dx < 0:
+            buttons.add("DPAD_LEFT")
+        return GamepadState(frozenset(buttons)) if buttons else FIRE
 
 
 EXPERTS: dict[str, type[Agent]] = {
