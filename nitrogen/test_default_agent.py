@@ -57,7 +57,8 @@ def test_the_shipped_agent_plays_a_short_episode(tmp_path):
     run_dir = Path(result.run_dir)
     assert _frames(run_dir / "clean.mp4") == 90
     episode = json.loads((run_dir / "episode.json").read_text())
-    assert episode["score"] == result.agent_score and episode["chunks"] == 15  # 6 actions per chunk
+    per_chunk = load_card().play.actions_per_chunk
+    assert episode["score"] == result.agent_score and episode["chunks"] == -(-90 // per_chunk)
     assert isinstance(result.random_score, float)
 
 

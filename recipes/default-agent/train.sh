@@ -4,7 +4,7 @@
 #   2. train a fresh `agent-small` model on it (`nitrogen finetune --ckpt init:agent-small`),
 #   3. evaluate it on seeds 0-9, which training never saw, against the random policy and the expert,
 #   4. write the agent card and install model.pt + agent.json into nitrogen/assets/default-agent.
-# About 65 minutes on a 2-core CPU. Usage: bash recipes/default-agent/train.sh [WORK_DIR]
+# About 80 minutes on a 2-core CPU. Usage: bash recipes/default-agent/train.sh [WORK_DIR]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
