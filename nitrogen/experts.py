@@ -107,6 +107,8 @@ class BreakoutExpert:
 
     name = "scripted-breakout"
     PADDLE_X, BALL_X, BALL_Y = 72, 99, 101
+    POSITION_BYTES = (PADDLE_X, BALL_X)
+    """RAM bytes it reads as pixel positions (``bench/expert_hold.py --sigma`` blurs them)."""
     OFFSET = -9
     """``RAM[72]`` that centres the paddle under a ball at ``RAM[99]`` is ``RAM[99] + OFFSET``."""
 
@@ -138,6 +140,8 @@ class PongExpert:
 
     name = "scripted-pong"
     PADDLE_Y, BALL_Y, BALL_X = 51, 54, 49
+    POSITION_BYTES = (PADDLE_Y, BALL_Y)
+    """RAM bytes it reads as pixel positions (``bench/expert_hold.py --sigma`` blurs them)."""
     OFFSET = -6
     """``RAM[51]`` that centres the paddle on a ball at ``RAM[54]`` is ``RAM[54] + OFFSET``."""
     CENTRE = 120
@@ -256,6 +260,8 @@ class BoxingExpert:
 
     name = "scripted-boxing"
     PLAYER_X, OPPONENT_X, PLAYER_Y, OPPONENT_Y = 32, 33, 34, 35
+    POSITION_BYTES = (PLAYER_X, OPPONENT_X, PLAYER_Y, OPPONENT_Y)
+    """RAM bytes it reads as pixel positions (``bench/expert_hold.py --sigma`` blurs them)."""
     STANDOFF = 16
     Y_OFFSET = -8
     IN_LINE = 4

@@ -84,7 +84,7 @@ class FinetuneConfig(BaseModel):
     eval_every: int = Field(0, ge=0)
     """Evaluate every N steps (and at the end) when an eval set is given; 0: only at the end."""
     eval_batches: int | None = Field(None, ge=1)
-    """Cap on the evaluation batches (None: the whole eval set)."""
+    """Cap on the evaluation batches (None: the whole eval set); the capped windows are spread evenly over the set."""
     eval_sample_steps: int | None = Field(None, ge=1)
     """Euler steps for sampled action metrics (None: the checkpoint's ``num_inference_timesteps``)."""
     save_every: int = Field(500, ge=0)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..modeling import NitroGenModel
 from .metrics import action_metrics
@@ -33,6 +33,13 @@ def sample_actions(
     return model.sample(cond, noise, num_steps)
 
 
+def spread_indices(total: int, count: int) -> list[int]:
+    """``count`` distinct indices in ``range(total)``, evenly spaced from the first to the last."""
+    if count >= total:
+        return list(range(total))
+    return np.linspace(0, total - 1, count).round().astype(int).tolist()
+
+
 @torch.no_grad()
 def evaluate(
     model: NitroGenModel,
@@ -48,12 +55,18 @@ def evaluate(
     Returns ``loss`` (masked velocity MSE at per-sample fixed noise and time), ``f1`` (macro button
     F1), ``stick_mae`` and ``first_action_acc`` of chunks sampled from fixed noise with
     ``num_steps`` Euler steps (default: the checkpoint's), and ``num_samples``.
+
+    ``max_batches`` caps the work at ``max_batches * batch_size`` windows spread evenly over the
+    whole eval set (see :func:`spread_indices`), so that every held-out episode and game is scored,
+    not only the first one in the dataset's order.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     mcfg = model.config.model_cfg
     steps = num_steps or mcfg.num_inference_timesteps
+    if max_batches is not None and len(dataset) > max_batches * batch_size:
+        dataset = Subset(dataset, spread_indices(len(dataset), max_batches * batch_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     loss_sum, weight = 0.0, 0.0
     preds, targets, masks = [], [], []

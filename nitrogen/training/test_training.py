@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from nitrogen.checkpoint import load_model, read_checkpoint
 from nitrogen.session import InferenceSession
 from nitrogen.training.config import FinetuneConfig, load_config
-from nitrogen.training.evaluation import evaluate
+from nitrogen.training.evaluation import evaluate, spread_indices
 from nitrogen.training.lora import merge_lora, prepare_model
 from nitrogen.training.metrics import action_metrics, button_f1, first_action_accuracy, stick_mae
 from nitrogen.training.run import finetune
@@ -83,6 +83,31 @@ def test_metric_functions() -> None:
 
 
 # ------------------------------------------------------------------------------------- LoRA
+
+
+class _Tracked(SyntheticDataset):
+    """Remembers which samples were read."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.read: list[int] = []
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        self.read.append(i)
+        return super().__getitem__(i)
+
+
+def test_capped_eval_spreads_over_the_whole_eval_set(tiny_ckpt: Path) -> None:
+    model, _ = load_model(tiny_ckpt)
+    data = _Tracked(12)
+    result = evaluate(model, data, batch_size=2, max_batches=2, num_steps=2)
+    assert result["num_samples"] == 4
+    assert len(set(data.read)) == 4 and data.read == sorted(data.read)
+    assert data.read[0] == 0 and data.read[-1] == 11  # not just the first 4 windows
+    for total, count in ((12, 4), (7, 7), (100, 3), (5, 9)):
+        picked = spread_indices(total, count)
+        assert picked == sorted(set(picked)) and len(picked) == min(total, count)
+        assert picked[0] == 0 and picked[-1] == total - 1
 
 
 def test_lora_merge_matches_unmerged(tiny_ckpt: Path) -> None:
