@@ -65,15 +65,13 @@ def evaluate(
     device = next(model.parameters()).device
     mcfg = model.config.model_cfg
     steps = num_steps or mcfg.num_inference_timesteps
-    if max_batches is not None and len(dataset) > max_batches * batch_size:
+    if max_batches is not None:
         dataset = Subset(dataset, spread_indices(len(dataset), max_batches * batch_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     loss_sum, weight = 0.0, 0.0
     preds, targets, masks = [], [], []
     try:
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
+        for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             actions = batch["actions"]
             _, Hh, A = actions.shape
