@@ -10,9 +10,10 @@ Window ``i`` is anchored at a frame ``t`` of one episode:
 No window crosses an episode boundary: rows are grouped by ``episode_id`` (in order of first
 appearance; by ``(game, episode_id)`` when a ``game`` column exists, so recordings of several games
 can share episode numbers) and ordered by ``frame`` when that column exists, else by row order;
-without an ``episode_id`` column the whole dataset is one episode. Anchors whose action range would run past
-the episode's last frame are dropped. Frame numbers are only used for ordering: gaps are not
-detected.
+without an ``episode_id`` column each game (or, without a ``game`` column, the whole dataset) is one
+episode. Anchors whose action range would run past the episode's last frame are dropped. Frame
+numbers are only used for ordering: gaps are not detected. :meth:`GameplayDataset.window_game`
+names each window's game, which the training eval uses to report metrics per game.
 
 Frames are decoded (PNG bytes / PIL / path -> RGB uint8), the optional ``mask_rect`` is painted
 black in source pixels, and the frame is squashed to ``S x S`` with ``INTER_AREA`` exactly as at
@@ -231,8 +232,11 @@ class GameplayDataset(torch.utils.data.Dataset):
             self._bad_action[err.row_index] = True
 
         episode_ids = columns.get(mcfg.episode_id)
-        if episode_ids is not None and GAME_COLUMN in columns:
-            episode_ids = list(zip(columns[GAME_COLUMN], episode_ids, strict=True))
+        self._has_game_column = GAME_COLUMN in columns
+        if self._has_game_column:
+            # Key episodes by (game, episode id); without an episode id column, one episode per game.
+            games = columns[GAME_COLUMN]
+            episode_ids = list(zip(games, episode_ids if episode_ids is not None else [0] * len(games), strict=True))
         self._build_windows(episode_ids, columns.get(mcfg.frame))
         self._bad_image = np.zeros(self.num_rows, dtype=bool)
         self._cache_path: Path | None = None
@@ -277,6 +281,11 @@ class GameplayDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self._win_pos)
+
+    def window_game(self, i: int) -> str | None:
+        """The game of window ``i`` (its ``game`` column), or None when the dataset has no such column."""
+        key = self.episode_keys[int(self.window_episode[i])]
+        return str(key[0]) if self._has_game_column else None
 
     def window_rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Dataset rows of window ``i``: ``(frame_rows (F,) with -1 for invalid slots, action_rows (H,))``."""

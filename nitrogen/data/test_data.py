@@ -410,5 +410,13 @@ def test_several_recordings_share_episode_numbers_when_games_differ(clean, tmp_p
     for i in range(len(ds)):
         frame_rows, action_rows = ds.window_rows(i)
         assert len(set(games[action_rows])) == 1 and games[frame_rows[-1]] == games[action_rows[0]]
+        assert ds.window_game(i) == games[action_rows[0]]
+    assert single.window_game(0) is None
+    # Without episode ids each game is one episode: no window mixes the two recordings.
+    no_ids = GameplayDataset(both.remove_columns("episode_id"), action_shift=3, action_horizon=18)
+    assert no_ids.episode_keys == [("ale:Breakout", 0), ("ale:Pong", 0)]
+    for i in range(len(no_ids)):
+        frame_rows, action_rows = no_ids.window_rows(i)
+        assert len(set(games[np.concatenate([frame_rows, action_rows])])) == 1
     with pytest.raises(ValueError, match="columns"):
         load_gameplays([tmp_path / "a.parquet", load_gameplay(tmp_path / "a.parquet").remove_columns("game")])

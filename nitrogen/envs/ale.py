@@ -97,6 +97,8 @@ class AtariEnv(GamepadEnv):
             full_action_space=full_action_space,
             render_mode="rgb_array",
         )
+        # Most ROMs draw 210 rows; a few draw more (Pooyan 220, Carnival 214), so ask the emulator.
+        self.frame_shape = tuple(self._env.observation_space.shape)
         self.action_names: tuple[str, ...] = tuple(self._env.unwrapped.get_action_meanings())
         """The game's ALE actions (names), in the order of its discrete action indices."""
         self._action_index = {name: i for i, name in enumerate(self.action_names)}

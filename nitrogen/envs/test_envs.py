@@ -441,3 +441,14 @@ def test_clone_emulate_restore_round_trip() -> None:
     with make_env("ale:Freeway") as env:
         env.reset(seed=0)
         assert np.array_equal(env.step(env.canonical_state("UP"))[0], after_restore)
+
+
+@pytest.mark.parametrize("game", ["Pooyan", "Carnival", "Breakout"])
+def test_frame_shape_is_the_roms_screen(game: str) -> None:
+    """Some ROMs draw more than 210 rows; every frame is the emulator's screen, whatever its height."""
+    with AtariEnv(game) as env:
+        frame, _ = env.reset(seed=0)
+        screen = env._env.unwrapped.ale.getScreenRGB()
+        assert frame.shape == env.frame_shape == screen.shape
+        frame, *_ = env.step(env.canonical_state("NOOP"))
+        np.testing.assert_array_equal(frame, env._env.unwrapped.ale.getScreenRGB())

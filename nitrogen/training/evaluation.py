@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,20 @@ def sample_actions(
     return model.sample(cond, noise, num_steps)
 
 
+def window_games(dataset: Dataset, indices: Sequence[int]) -> list[str | None]:
+    """The game of each window ``indices`` of ``dataset``, through any :class:`~torch.utils.data.Subset`.
+
+    Games come from the underlying dataset's ``window_game(i)`` (a
+    :class:`~nitrogen.data.GameplayDataset` with a ``game`` column); None where it names none.
+    """
+    rows = [int(i) for i in indices]
+    while isinstance(dataset, Subset):
+        rows = [int(dataset.indices[i]) for i in rows]
+        dataset = dataset.dataset
+    name = getattr(dataset, "window_game", None)
+    return [name(i) for i in rows] if name is not None else [None] * len(rows)
+
+
 def spread_indices(total: int, count: int) -> list[int]:
     """``count`` distinct indices in ``range(total)``, evenly spaced from the first to the last."""
     if count >= total:
@@ -49,7 +64,7 @@ def evaluate(
     seed: int = 0,
     num_steps: int | None = None,
     max_batches: int | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Evaluate ``model`` on ``dataset`` (items in the training batch format), deterministically.
 
     Returns ``loss`` (masked velocity MSE at per-sample fixed noise and time), ``f1`` (macro button
@@ -59,6 +74,10 @@ def evaluate(
     ``max_batches`` caps the work at ``max_batches * batch_size`` windows spread evenly over the
     whole eval set (see :func:`spread_indices`), so that every held-out episode and game is scored,
     not only the first one in the dataset's order.
+
+    When the windows name their games (:func:`window_games`) and there are several, ``by_game``
+    maps each game to its own ``f1``, ``stick_mae``, ``first_action_acc`` and ``num_samples``: one
+    game's score can hide another's failure in the pooled numbers.
     """
     was_training = model.training
     model.eval()
@@ -67,6 +86,7 @@ def evaluate(
     steps = num_steps or mcfg.num_inference_timesteps
     if max_batches is not None:
         dataset = Subset(dataset, spread_indices(len(dataset), max_batches * batch_size))
+    games = window_games(dataset, range(len(dataset)))  # the loader reads the windows in this order
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     loss_sum, weight = 0.0, 0.0
     preds, targets, masks = [], [], []
@@ -107,4 +127,12 @@ def evaluate(
     pred, target, mask_np = np.concatenate(preds), np.concatenate(targets), np.concatenate(masks)
     out: dict[str, Any] = {"loss": loss_sum / max(weight, 1e-6), **action_metrics(pred, target, mask_np)}
     out["num_samples"] = float(len(pred))
+    named = sorted({g for g in games if g is not None})
+    if len(named) > 1:
+        labels = np.asarray([g if g is not None else "" for g in games])
+        out["by_game"] = {}
+        for game in named:
+            rows = labels == game
+            metrics = action_metrics(pred[rows], target[rows], mask_np[rows])
+            out["by_game"][game] = {**metrics, "num_samples": float(rows.sum())}
     return out

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import Subset
 
 from nitrogen.checkpoint import load_model, read_checkpoint
 from nitrogen.session import InferenceSession
@@ -110,6 +111,23 @@ def test_capped_eval_spreads_over_the_whole_eval_set(tiny_ckpt: Path) -> None:
         assert picked[0] == 0 and picked[-1] == total - 1
 
 
+def test_eval_reports_each_game_as_if_scored_alone(tiny_ckpt: Path) -> None:
+    model, _ = load_model(tiny_ckpt)
+    data = SyntheticDataset(10, games=2)
+    pooled = evaluate(model, Subset(data, list(range(1, 10))), batch_size=3, num_steps=2)
+    assert sorted(pooled["by_game"]) == ["game0", "game1"]
+    for game, rows in (("game0", [2, 4, 6, 8]), ("game1", [1, 3, 5, 7, 9])):
+        alone = evaluate(model, Subset(data, rows), batch_size=3, num_steps=2)
+        assert "by_game" not in alone  # one game: the pooled numbers are that game's
+        got = pooled["by_game"][game]
+        assert got["num_samples"] == len(rows)
+        for key in ("f1", "stick_mae", "first_action_acc"):
+            assert got[key] == pytest.approx(alone[key], abs=1e-6)
+    assert "by_game" not in evaluate(model, SyntheticDataset(4), batch_size=4, num_steps=2)
+    capped = evaluate(model, data, batch_size=2, max_batches=2, num_steps=2)  # windows 0, 3, 6, 9
+    assert {g: m["num_samples"] for g, m in capped["by_game"].items()} == {"game0": 2.0, "game1": 2.0}
+
+
 def test_lora_merge_matches_unmerged(tiny_ckpt: Path) -> None:
     model, _ = load_model(tiny_ckpt)
     golden_keys = set(model.state_dict())
@@ -163,10 +181,20 @@ def lora_run(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     data = SyntheticDataset(4)
     model, _ = load_model(tiny_ckpt)
     before = evaluate(model, data, batch_size=4)
-    summary = finetune(cfg, tiny_ckpt, data, SyntheticDataset(4), out)
+    summary = finetune(cfg, tiny_ckpt, data, SyntheticDataset(4, games=2), out)
     trained, _ = load_model(out / "model.pt")
     after = evaluate(trained, data, batch_size=4)
     return out, summary, before, after
+
+
+def test_training_logs_eval_metrics_per_game(lora_run) -> None:
+    out, summary, _, _ = lora_run
+    lines = [json.loads(line) for line in (out / "eval_by_game.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["game"]) for r in lines] == [(15, "game0"), (15, "game1"), (30, "game0"), (30, "game1")]
+    assert all(r["num_samples"] == 2 for r in lines)
+    final = {r["game"]: r for r in lines if r["step"] == 30}
+    for game, metrics in summary["eval"]["by_game"].items():
+        assert metrics["first_action_acc"] == final[game]["first_action_acc"]
 
 
 def test_lora_training_reduces_loss(lora_run) -> None:

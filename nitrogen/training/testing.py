@@ -19,14 +19,21 @@ from ..actions import NUM_BUTTONS
 
 
 class SyntheticDataset(Dataset):
-    """``n`` fixed samples: random pixels in [-1, 1], buttons 0/1 and sticks ``(v + 1) / 2``."""
+    """``n`` fixed samples: random pixels in [-1, 1], buttons 0/1 and sticks ``(v + 1) / 2``.
 
-    def __init__(self, n: int = 8, horizon: int = 18, frames: int = 1, image: int = 256, seed: int = 0):
+    With ``games`` > 0, sample ``i`` belongs to game ``f"game{i % games}"`` (:meth:`window_game`).
+    """
+
+    def __init__(self, n: int = 8, horizon: int = 18, frames: int = 1, image: int = 256, seed: int = 0, games: int = 0):
         self.n, self.horizon, self.frames, self.image, self.seed = n, horizon, frames, image, seed
+        self.games = games
         self.delay = float(os.environ.get("NITROGEN_TEST_ITEM_DELAY", "0") or 0)
 
     def __len__(self) -> int:
         return self.n
+
+    def window_game(self, i: int) -> str | None:
+        return f"game{i % self.games}" if self.games else None
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < self.n:

@@ -142,7 +142,7 @@ class Trainer:
         self.position = DataPosition()
         self.train_history: list[tuple[int, float]] = []
         self.eval_history: list[tuple[int, float]] = []
-        self.last_eval: dict[str, float] | None = None
+        self.last_eval: dict[str, Any] | None = None
         self._tb: Any = None
         self._pending_rng: dict[str, Any] | None = None
 
@@ -242,6 +242,7 @@ class Trainer:
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, path)
+        self._prune_by_game(resumed)
         self.train_history = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss")]
         self.eval_history = [(int(r["step"]), float(r["eval_loss"])) for r in rows if r.get("eval_loss")]
         try:
@@ -251,6 +252,40 @@ class Trainer:
         except Exception:  # noqa: BLE001 - tensorboard is optional
             self._tb = None
         return path
+
+    @property
+    def by_game_path(self) -> Path:
+        """``eval_by_game.jsonl``: one line per eval and game, when the eval set has several games."""
+        return self.out_dir / "eval_by_game.jsonl"
+
+    def _prune_by_game(self, resumed: bool) -> None:
+        """Start the per-game log afresh, or on resume keep only the lines up to the resume step."""
+        path = self.by_game_path
+        kept: list[str] = []
+        if resumed and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    if int(json.loads(line)["step"]) <= self.step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line
+        tmp = path.with_name(".eval_by_game.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+    def _log_by_game(self, by_game: dict[str, dict[str, float]]) -> None:
+        """Append this eval's per-game metrics to :attr:`by_game_path`, and show them."""
+        if not self.is_main:
+            return
+        with open(self.by_game_path, "a") as f:
+            for game, metrics in by_game.items():
+                f.write(json.dumps({"step": self.step, "game": game, **metrics}) + "\n")
+        parts = [f"{game} {m['first_action_acc']:.3f}" for game, m in by_game.items()]
+        tqdm.write(f"eval step {self.step}: first-action accuracy by game: " + ", ".join(parts))
+        if self._tb is not None:
+            for game, metrics in by_game.items():
+                for k, v in metrics.items():
+                    self._tb.add_scalar(f"eval_by_game/{game}/{k}", v, self.step)
 
     def _log_row(self, path: Path, row: dict[str, Any]) -> None:
         if not self.is_main:
@@ -263,7 +298,7 @@ class Trainer:
                 if k not in ("step", "epoch") and v != "":
                     self._tb.add_scalar(k, v, row["step"])
 
-    def run_eval(self) -> dict[str, float] | None:
+    def run_eval(self) -> dict[str, Any] | None:
         """Evaluate the current weights on the main process (others wait)."""
         result = None
         if self.eval_dataset is not None and self.is_main:
@@ -401,7 +436,9 @@ class Trainer:
                 }
                 self.train_history.append((self.step, row["loss"]))
                 if do_eval and (result := self.run_eval()) is not None:
-                    row.update({f"eval_{k}": v for k, v in result.items() if k != "num_samples"})
+                    row.update({f"eval_{k}": v for k, v in result.items() if k not in ("num_samples", "by_game")})
+                    if "by_game" in result:
+                        self._log_by_game(result["by_game"])
                 self._log_row(metrics_path, row)
                 window_loss, window_steps, window_t0 = 0.0, 0, time.perf_counter()
             if last or (cfg.save_every and self.step % cfg.save_every == 0):
