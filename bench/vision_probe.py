@@ -7,7 +7,8 @@ action (D-pad left / right / none) from the recorded frame, and its accuracy on 
 is printed next to the majority-class rate, every ``--every`` steps.
 
 Towers: ``vit-P`` is the ``agent-small`` SigLIP tower with P-pixel patches (its tokens flattened
-into the head); ``cnn`` is the reference path, a DQN-style 3-layer convolutional net.
+into the head), ``vit-P-wW`` the same at width W (e.g. ``vit-16-w128``: 4x the tokens at a quarter
+of the per-token cost); ``cnn`` is the reference path, a DQN-style 3-layer convolutional net.
 
 Run from the repository root, on data from ``nitrogen record --policy scripted`` (e.g. the
 recipe's ``runs/default-agent/data/pong``)::
@@ -41,9 +42,9 @@ def labels(actions: torch.Tensor) -> torch.Tensor:
     return torch.where(first[:, LEFT] > 0.5, 0, torch.where(first[:, RIGHT] > 0.5, 1, 2))
 
 
-def vit_probe(patch: int) -> nn.Module:
-    """The ``agent-small`` vision tower at ``patch``, its (P, D) tokens flattened into a 3-way head."""
-    preset = dataclasses.replace(get_preset("agent-small"), patch=patch)
+def vit_probe(patch: int, width: int = 256) -> nn.Module:
+    """The ``agent-small`` vision tower at ``patch`` and ``width`` (MLP 2x), its (P, D) tokens into a 3-way head."""
+    preset = dataclasses.replace(get_preset("agent-small"), patch=patch, width=width, vision_mlp=2 * width)
     model = model_from_checkpoint(init_checkpoint(preset, 0))
 
     class ViTProbe(nn.Module):
@@ -80,8 +81,9 @@ def build(tower: str) -> nn.Module:
     if tower == "cnn":
         return cnn_probe()
     if tower.startswith("vit-"):
-        return vit_probe(int(tower.removeprefix("vit-")))
-    raise SystemExit(f"unknown tower {tower!r}: use cnn or vit-PATCH")
+        patch, _, width = tower.removeprefix("vit-").partition("-w")
+        return vit_probe(int(patch), int(width or 256))
+    raise SystemExit(f"unknown tower {tower!r}: use cnn, vit-PATCH or vit-PATCH-wWIDTH")
 
 
 def run(tower: str, dataset: GameplayDataset, train_idx: list[int], held_out: dict, args: argparse.Namespace) -> list:
