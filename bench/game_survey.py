@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 import numpy as np
+from expert_hold import score  # bench/expert_hold.py: one episode's total reward
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
 from nitrogen.envs import make_env
@@ -55,7 +56,7 @@ class Planner(LookaheadExpert):
         return state
 
 
-class Held:
+class OneAction:
     """One action, held for the whole episode."""
 
     def __init__(self, state: Any) -> None:
@@ -68,31 +69,19 @@ class Held:
         return self.state
 
 
-def play(env: Any, agent: Any, seed: int, frames: int) -> float:
-    frame, _ = env.reset(seed=seed)
-    agent.reset(env, seed)
-    total = 0.0
-    for _ in range(frames):
-        frame, reward, terminated, truncated, _ = env.step(agent.act(env, frame))
-        total += float(reward)
-        if terminated or truncated:
-            break
-    return total
-
-
 def survey(game: str, args: argparse.Namespace, noises: list[float]) -> str:
     start = time.perf_counter()
     with make_env(f"ale:{game}", max_episode_frames=args.frames) as env:
         actions = tuple(env.action_names)
-        random = np.mean([play(env, RandomAgent(s), s, args.frames) for s in range(args.seeds)])
-        held = {a: play(env, Held(env.canonical_state(a)), 0, args.frames) for a in actions}
+        random = np.mean([score(env, RandomAgent(s), s, args.frames) for s in range(args.seeds)])
+        held = {a: score(env, OneAction(env.canonical_state(a)), 0, args.frames) for a in actions}
         best = max(held, key=held.__getitem__)
         planner = Planner(0, actions, 0.0, args.hold, args.horizon)
-        exact = play(env, planner, 0, args.frames)
+        exact = score(env, planner, 0, args.frames)
         waits = max(planner.decisions.values()) / sum(planner.decisions.values())
         noisy = [
             np.mean(
-                [play(env, Planner(s, actions, p, args.hold, args.horizon), s, args.frames) for s in range(args.seeds)]
+                [score(env, Planner(s, actions, p, args.hold, args.horizon), s, args.frames) for s in range(args.seeds)]
             )
             for p in noises
         ]

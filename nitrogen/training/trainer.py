@@ -261,14 +261,18 @@ class Trainer:
     def _prune_by_game(self, resumed: bool) -> None:
         """Start the per-game log afresh, or on resume keep only the lines up to the resume step."""
         path = self.by_game_path
+        if not resumed:
+            path.unlink(missing_ok=True)
+            return
+        if not path.is_file():
+            return
         kept: list[str] = []
-        if resumed and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    if int(json.loads(line)["step"]) <= self.step:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line
+        for line in path.read_text().splitlines():
+            try:
+                if int(json.loads(line)["step"]) <= self.step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line
         tmp = path.with_name(".eval_by_game.jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
