@@ -284,8 +284,9 @@ class GameplayDataset(torch.utils.data.Dataset):
 
     def window_game(self, i: int) -> str | None:
         """The game of window ``i`` (its ``game`` column), or None when the dataset has no such column."""
-        key = self.episode_keys[int(self.window_episode[i])]
-        return str(key[0]) if self._has_game_column else None
+        if not self._has_game_column:
+            return None
+        return str(self.episode_keys[int(self.window_episode[i])][0])  # keys are (game, episode id)
 
     def window_rows(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Dataset rows of window ``i``: ``(frame_rows (F,) with -1 for invalid slots, action_rows (H,))``."""
