@@ -8,7 +8,10 @@ is printed next to the majority-class rate, every ``--every`` steps.
 
 Towers: ``vit-P`` is the ``agent-small`` SigLIP tower with P-pixel patches (its tokens flattened
 into the head), ``vit-P-wW`` the same at width W (e.g. ``vit-16-w128``: 4x the tokens at a quarter
-of the per-token cost); ``cnn`` is the reference path, a DQN-style 3-layer convolutional net.
+of the per-token cost), and a ``-sincos`` suffix starts its position table from the 2-D sine-cosine
+table (:func:`nitrogen.presets.sincos_positions`) instead of random values (the flattened head sees
+each token's position anyway, so this mainly tests the start); ``cnn`` is the reference path, a
+DQN-style 3-layer convolutional net.
 
 Run from the repository root, on data from ``nitrogen record --policy scripted`` (e.g. the
 recipe's ``runs/default-agent/data/pong``)::
@@ -31,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from nitrogen.actions import BUTTONS
 from nitrogen.checkpoint import model_from_checkpoint
 from nitrogen.data import GameplayDataset, WindowConfig, load_gameplays, split_by_episode
-from nitrogen.presets import get_preset, init_checkpoint
+from nitrogen.presets import get_preset, init_checkpoint, sincos_positions
 
 LEFT, RIGHT = BUTTONS.index("DPAD_LEFT"), BUTTONS.index("DPAD_RIGHT")
 
@@ -42,10 +45,14 @@ def labels(actions: torch.Tensor) -> torch.Tensor:
     return torch.where(first[:, LEFT] > 0.5, 0, torch.where(first[:, RIGHT] > 0.5, 1, 2))
 
 
-def vit_probe(patch: int, width: int = 256) -> nn.Module:
+def vit_probe(patch: int, width: int = 256, sincos: bool = False) -> nn.Module:
     """The ``agent-small`` vision tower at ``patch`` and ``width`` (MLP 2x), its (P, D) tokens into a 3-way head."""
     preset = dataclasses.replace(get_preset("agent-small"), patch=patch, width=width, vision_mlp=2 * width)
     model = model_from_checkpoint(init_checkpoint(preset, 0))
+    if sincos:
+        table = model.vision_encoder.embeddings.position_embedding.weight
+        with torch.no_grad():
+            table.copy_(sincos_positions(256 // patch, width))
 
     class ViTProbe(nn.Module):
         def __init__(self) -> None:
@@ -81,8 +88,9 @@ def build(tower: str) -> nn.Module:
     if tower == "cnn":
         return cnn_probe()
     if tower.startswith("vit-"):
-        patch, _, width = tower.removeprefix("vit-").partition("-w")
-        return vit_probe(int(patch), int(width or 256))
+        spec, sincos = tower.removeprefix("vit-"), tower.endswith("-sincos")
+        patch, _, width = spec.removesuffix("-sincos").partition("-w")
+        return vit_probe(int(patch), int(width or 256), sincos)
     raise SystemExit(f"unknown tower {tower!r}: use cnn, vit-PATCH or vit-PATCH-wWIDTH")
 
 

@@ -494,7 +494,7 @@ def finetune(
 
 @app.command("record")
 def record_command(
-    env: Annotated[str, typer.Option(help="Embedded game: ale:Freeway, ale:Boxing, gym:CarRacing-v3, ...")],
+    env: Annotated[str, typer.Option(help="Embedded game: ale:Freeway, ale:Gopher, gym:CarRacing-v3, ...")],
     policy: Annotated[
         str, typer.Option(help="scripted, random, human (window + gamepad/keyboard), or ckpt:PATH / server:ADDR.")
     ] = "scripted",
@@ -610,7 +610,7 @@ def _plays(factory: Any, env_id: str) -> bool:
 
 @app.command("eval")
 def eval_command(
-    env: Annotated[str, typer.Option(help="Games, comma-separated: ale:Freeway,ale:Boxing")],
+    env: Annotated[str, typer.Option(help="Games, comma-separated: ale:Freeway,ale:Gopher")],
     policy: Annotated[list[str], typer.Option(help="ckpt:PATH, server:ADDR, replay:PATH, random or scripted.")],
     episodes: Annotated[int, typer.Option(help="Episodes per game (seeds 0..N-1 unless --seeds).")] = 3,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,

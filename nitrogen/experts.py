@@ -16,6 +16,9 @@ RAM addresses (checked against the rendered frame, ale-py 0.12, ``frameskip=1``)
   (left pixel = ``RAM[49] - 49``). Centres line up when ``RAM[51] ~ RAM[54] - 6``. Pong's
   minimal action set has no UP/DOWN: its ``RIGHT`` moves the paddle up and ``LEFT`` down, so the
   expert sends ``DPAD_RIGHT`` / ``DPAD_LEFT`` (what the env's canonical states for those actions are).
+* **Gopher**: ``RAM[31]`` farmer x (centre of his shirt ~ ``RAM[31] - 3.7``), ``RAM[41]`` gopher x
+  (its centre ~ ``RAM[41] + 3.8``; it wraps from one edge to the other). Centres line up when
+  ``RAM[31] == RAM[41] + 7.5``.
 """
 
 from __future__ import annotations
@@ -294,11 +297,50 @@ class BoxingExpert:
         return GamepadState(frozenset(buttons)) if buttons else FIRE
 
 
+class GopherExpert:
+    """Guards the carrots: keeps the farmer above the gopher and works the shovel every other frame.
+
+    The gopher tunnels left and right under the field and digs up towards the carrots; the
+    shovel fills a hole it passes over (20 points) and bonks the gopher when it surfaces (100).
+    Each frame the expert walks towards the gopher's column (``RAM[41]``, against the farmer's
+    ``RAM[31]``) unless it is within :attr:`DEAD_BAND` pixels, and presses the shovel (``SOUTH``)
+    on even frames only: a held button digs once, so the shovel needs press and release. What
+    it reads, two large sprites' columns, is on every frame; only the press/release phase is not.
+    """
+
+    name = "scripted-gopher"
+    FARMER_X, GOPHER_X = 31, 41
+    POSITION_BYTES = (FARMER_X, GOPHER_X)
+    """RAM bytes it reads as pixel positions (``bench/expert_hold.py --sigma`` blurs them)."""
+    ALIGN = 7.5
+    """``RAM[41] - RAM[31] + ALIGN`` is the gopher's centre minus the farmer's, in pixels."""
+    DEAD_BAND = 4
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+        self._frame = 0
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self._frame = 0
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        ram = _ram(env).astype(int)
+        dx = ram[self.GOPHER_X] - ram[self.FARMER_X] + self.ALIGN  # > 0: the gopher is to the right
+        buttons: set[str] = {"SOUTH"} if self._frame % 2 == 0 else set()
+        self._frame += 1
+        if dx > self.DEAD_BAND:
+            buttons.add("DPAD_RIGHT")
+        elif dx < -self.DEAD_BAND:
+            buttons.add("DPAD_LEFT")
+        return GamepadState(frozenset(buttons)) if buttons else NEUTRAL
+
+
 EXPERTS: dict[str, type[Agent]] = {
     "ale:Breakout": BreakoutExpert,
     "ale:Pong": PongExpert,
     "ale:Freeway": FreewayExpert,
     "ale:Boxing": BoxingExpert,
+    "ale:Gopher": GopherExpert,
 }
 """Env id -> scripted expert class."""
 

@@ -13,6 +13,7 @@ weights give its geometry, and ``model_cfg.vision_num_heads`` its head count (se
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
@@ -49,6 +50,9 @@ class ModelPreset:
     action_shift: int = 0
     """Frames between the observed frame and the first action of its chunk (released: 3)."""
     context_frames: int = 1
+    position_init: Literal["random", "sincos"] = "random"
+    """Start of the vision tower's learned position table: SigLIP's small random values, or a 2-D
+    sine-cosine table (:func:`sincos_positions`) that tells the patches apart from the first step."""
     encoder_name: str = "google/siglip2-base-patch16-256"
     """Registered SigLIP whose activation and norm epsilon the reduced tower keeps."""
     description: str = ""
@@ -73,6 +77,7 @@ PRESETS: dict[str, ModelPreset] = {
         patch=32,
         mixer_layers=2,
         dit_layers=4,
+        position_init="sincos",
         description="the shipped default agent's shape: 9.3M parameters (37 MB), trains on a 2-core CPU",
     ),
     "tiny": ModelPreset(
@@ -140,6 +145,23 @@ def vision_spec(preset: ModelPreset) -> VisionSpec:
     )
 
 
+def sincos_positions(grid: int, width: int) -> torch.Tensor:
+    """2-D sine-cosine position table ``(grid * grid, width)``, row-major like SigLIP's patch order.
+
+    A quarter of the channels encode the patch row as sines, a quarter as cosines, and the other
+    half the column, at ``width / 4`` frequencies spaced geometrically from 1 to 1/10000.
+    """
+    if width % 4:
+        raise ValueError(f"width {width} is not divisible by 4")
+    freqs = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))  # (W/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")  # (G, G) each
+    # (G*G, 1) positions times (1, W/4) frequencies -> (G*G, W/4) angles per axis
+    row_angles = rows.reshape(-1, 1).double() * freqs
+    col_angles = cols.reshape(-1, 1).double() * freqs
+    table = torch.cat([row_angles.sin(), row_angles.cos(), col_angles.sin(), col_angles.cos()], dim=1)
+    return table.float()  # (G*G, W)
+
+
 def init_checkpoint(preset: ModelPreset | str, seed: int = 0) -> RawCheckpoint:
     """A randomly initialised checkpoint of ``preset``, seeded, in the released layout."""
     p = get_preset(preset) if isinstance(preset, str) else preset
@@ -148,5 +170,9 @@ def init_checkpoint(preset: ModelPreset | str, seed: int = 0) -> RawCheckpoint:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         model = build_model(config, vision_spec(p))
+    if p.position_init == "sincos":
+        table = model.vision_encoder.embeddings.position_embedding.weight  # (P, D)
+        with torch.no_grad():
+            table.copy_(sincos_positions(256 // p.patch, p.width))
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     return RawCheckpoint(config=config, state_dict=state, game_mapping=None)

@@ -64,13 +64,13 @@ def test_the_shipped_agent_plays_a_short_episode(tmp_path):
 
 def test_demo_command_prints_the_comparison_and_play_alone_runs_it(tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--game", "ale:Boxing", "--frames", "48", "--out", str(out), "--expert"])
+    result = runner.invoke(app, ["demo", "--game", "ale:Gopher", "--frames", "48", "--out", str(out), "--expert"])
     assert result.exit_code == 0, result.output
     assert "random" in result.output and "expert" in result.output
     doc = json.loads((out / "demo.json").read_text())
     [episode] = doc["episodes"]
-    assert episode["game"] == "ale:Boxing" and episode["frames"] == 48 and episode["expert_score"] is not None
-    assert set(doc["means"]) == {"ale:Boxing"}
+    assert episode["game"] == "ale:Gopher" and episode["frames"] == 48 and episode["expert_score"] is not None
+    assert set(doc["means"]) == {"ale:Gopher"}
 
     result = runner.invoke(app, ["play", "--steps", "30", "--out", str(tmp_path / "play"), "--no-video"])
     assert result.exit_code == 0, result.output

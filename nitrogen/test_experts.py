@@ -15,6 +15,7 @@ from nitrogen.experts import (
     BoxingExpert,
     BreakoutExpert,
     FreewayExpert,
+    GopherExpert,
     LookaheadExpert,
     PongExpert,
     RandomAgent,
@@ -106,6 +107,50 @@ def test_boxing_expert_outpunches_random_and_constant_punching() -> None:
     punch, _ = play("ale:Boxing", Constant("FIRE"), frames)
     rand, _ = play("ale:Boxing", RandomAgent(0), frames)
     assert expert >= max(punch, rand) + 10, (expert, punch, rand)
+
+
+class ShovelInPlace:
+    """Gopher without the tracking: the expert's press/release shovel rhythm, standing still."""
+
+    def __init__(self) -> None:
+        self.frame = 0
+
+    def reset(self, env: AtariEnv, seed: int | None = None) -> None:
+        self.frame = 0
+
+    def act(self, env: AtariEnv, frame: np.ndarray) -> GamepadState:
+        self.frame += 1
+        return GamepadState(frozenset({"SOUTH"})) if self.frame % 2 else GamepadState()
+
+
+def test_gopher_ram_addresses_track_the_screen() -> None:
+    """Farmer's shirt centre ~ RAM[31] - 3.7 and the gopher's centre ~ RAM[41] + 3.8, on screen."""
+    shirt, gopher = np.array([72, 160, 72]), np.array([72, 44, 0])
+    gopher_errors = []
+    with make_env("ale:Gopher") as env:
+        frame, _ = env.reset(seed=0)
+        for t in range(900):
+            frame, *_ = env.step(GamepadState(frozenset({"DPAD_LEFT" if t % 120 < 60 else "DPAD_RIGHT"})))
+            ram = env.ram().astype(float)
+            farmer_cols = np.flatnonzero((frame == shirt).all(-1).any(0))
+            gopher_cols = np.flatnonzero((frame == gopher).all(-1).any(0))
+            assert farmer_cols.size and abs(farmer_cols.mean() - (ram[GopherExpert.FARMER_X] - 3.7)) <= 2
+            # visible and clear of the edges, where it wraps round and RAM[41] jumps to the other side
+            if gopher_cols.size and 16 < gopher_cols.mean() < 144:
+                gopher_errors.append(gopher_cols.mean() - (ram[GopherExpert.GOPHER_X] + 3.8))
+    # the gopher's running animation shifts its pixels by a few columns about its RAM position
+    assert len(gopher_errors) > 100
+    assert abs(np.median(gopher_errors)) <= 2 and np.percentile(np.abs(gopher_errors), 95) <= 6
+
+
+def test_gopher_expert_beats_random_and_shovelling_in_place() -> None:
+    # Gopher is chaotic: one random seed can score as much as the expert, so random is averaged.
+    frames = 3000
+    expert, sent = play("ale:Gopher", GopherExpert(0), frames)
+    still, _ = play("ale:Gopher", ShovelInPlace(), frames)
+    rand = np.mean([play("ale:Gopher", RandomAgent(seed), frames, seed)[0] for seed in range(4)])
+    assert expert >= 1.5 * rand and expert >= still + 200, (expert, still, rand)
+    assert sum("SOUTH" in s.buttons for s in sent) == frames // 2  # press and release
 
 
 def test_lookahead_planning_does_not_leak_into_the_episode() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nitrogen.checkpoint import load_model, read_checkpoint, save_checkpoint
-from nitrogen.presets import PRESETS, UnknownPresetError, init_checkpoint, preset_config
+from nitrogen.presets import PRESETS, UnknownPresetError, init_checkpoint, preset_config, sincos_positions
 from nitrogen.training.run import starting_checkpoint
 
 
@@ -61,3 +61,26 @@ def test_unknown_preset_and_starting_points(tmp_path):
     assert fresh.path is None and fresh.config.model_cfg.hidden_size == PRESETS["tiny"].width
     path = save_checkpoint(tmp_path / "t.pt", fresh.state_dict, fresh.config)
     assert starting_checkpoint(path).path == path
+
+
+def test_sincos_positions_encode_row_and_column_separately():
+    grid, width = 8, 64
+    table = sincos_positions(grid, width).reshape(grid, grid, width)  # (row, col, D)
+    rows, cols = table[..., : width // 2], table[..., width // 2 :]
+    assert torch.allclose(rows, rows[:, :1].expand_as(rows))  # the first half ignores the column
+    assert torch.allclose(cols, cols[:1].expand_as(cols))  # the second half ignores the row
+    assert torch.equal(rows[:, 0], cols[0])  # the same code for row r and column r
+    flat = table.reshape(grid * grid, width)
+    assert torch.cdist(flat, flat).add(torch.eye(grid * grid)).min() > 0.1  # every patch its own code
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(grid, 30)
+
+
+def test_position_init_of_the_presets():
+    key = "vision_encoder.embeddings.position_embedding.weight"
+    small, tiny = PRESETS["agent-small"], PRESETS["tiny"]
+    assert small.position_init == "sincos" and tiny.position_init == "random"
+    table = init_checkpoint("agent-small", 0).state_dict[key]
+    assert torch.equal(table, sincos_positions(256 // small.patch, small.width))
+    random_table = init_checkpoint("tiny", 0).state_dict[key]
+    assert not torch.allclose(random_table, sincos_positions(256 // tiny.patch, tiny.width))
