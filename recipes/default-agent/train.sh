@@ -10,7 +10,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 WORK="${1:-runs/default-agent}"
-GAMES=(Freeway Boxing)
+GAMES=(Freeway Gopher)
 RECORD_SEED=100
 RECORD_EPISODES=10
 RECORD_FRAMES=3000
