@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from nitrogen.actions import BUTTONS
 from nitrogen.checkpoint import model_from_checkpoint
 from nitrogen.data import GameplayDataset, WindowConfig, load_gameplays, split_by_episode
-from nitrogen.presets import get_preset, init_checkpoint, sincos_positions
+from nitrogen.presets import get_preset, init_checkpoint
 
 LEFT, RIGHT = BUTTONS.index("DPAD_LEFT"), BUTTONS.index("DPAD_RIGHT")
 
@@ -46,13 +46,15 @@ def labels(actions: torch.Tensor) -> torch.Tensor:
 
 
 def vit_probe(patch: int, width: int = 256, sincos: bool = False) -> nn.Module:
-    """The ``agent-small`` vision tower at ``patch`` and ``width`` (MLP 2x), its (P, D) tokens into a 3-way head."""
-    preset = dataclasses.replace(get_preset("agent-small"), patch=patch, width=width, vision_mlp=2 * width)
+    """The ``agent-small`` vision tower at ``patch`` and ``width`` (MLP 2x), its (P, D) tokens into a 3-way head.
+
+    Its position table starts random (SigLIP's start, as in the earlier probe rows) unless ``sincos``.
+    """
+    start = "sincos" if sincos else "random"
+    preset = dataclasses.replace(
+        get_preset("agent-small"), patch=patch, width=width, vision_mlp=2 * width, position_init=start
+    )
     model = model_from_checkpoint(init_checkpoint(preset, 0))
-    if sincos:
-        table = model.vision_encoder.embeddings.position_embedding.weight
-        with torch.no_grad():
-            table.copy_(sincos_positions(256 // patch, width))
 
     class ViTProbe(nn.Module):
         def __init__(self) -> None:
