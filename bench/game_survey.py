@@ -3,11 +3,11 @@
 A game suits behaviour cloning when an expert is far better than random, the expert's lead does not
 vanish when some of its decisions go wrong (a clone gets some wrong), and no single held action
 already plays as well. This bench measures those, with no scripted expert needed: the expert is the
-generic planner (:class:`nitrogen.experts.LookaheadExpert` over all the game's actions, reward and
+generic planner (:class:`nitrogen.runtime.experts.LookaheadExpert` over all the game's actions, reward and
 lost lives only, the game's own action order as the tie-break) deciding every ``--hold`` frames,
 as a clone playing ``--hold`` actions per chunk would. Per game:
 
-* ``random``: :class:`nitrogen.experts.RandomAgent`, mean over ``--seeds`` seeds;
+* ``random``: :class:`nitrogen.runtime.experts.RandomAgent`, mean over ``--seeds`` seeds;
 * ``best held``: the best of the game's actions held for the whole episode, and its score;
 * ``planner``: the planner's score, then the share of its decisions that are its commonest action
   (near 1: it mostly waits, and what a clone must learn is the rare, timed exception);
@@ -31,7 +31,7 @@ from expert_hold import score  # bench/expert_hold.py: one episode's total rewar
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
 from nitrogen.envs import make_env
-from nitrogen.experts import LookaheadExpert, RandomAgent
+from nitrogen.runtime.experts import LookaheadExpert, RandomAgent
 
 
 class Planner(LookaheadExpert):

@@ -27,7 +27,7 @@ import numpy as np
 
 from nitrogen.actions import BUTTON_INDEX
 from nitrogen.envs import make_env
-from nitrogen.play import PlayConfig, play
+from nitrogen.runtime.loop import PlayConfig, play
 from nitrogen.policy import DelayedPolicy, ReplayPolicy
 
 

@@ -1,8 +1,8 @@
 """Serving throughput and latency of the NitroGen inference server, with and without batching.
 
-Each run starts an :class:`~nitrogen.server.InferenceServer` on a free loopback port, in this
+Each run starts an :class:`~nitrogen.serving.server.InferenceServer` on a free loopback port, in this
 process, and drives it with ``N`` client threads, each with its own
-:class:`~nitrogen.client.ModelClient` (so its own session and frame history on the server). Every
+:class:`~nitrogen.serving.client.ModelClient` (so its own session and frame history on the server). Every
 client sends one untimed warm-up ``predict``; once all of them are back, the clock starts and each
 client sends ``R`` more back-to-back (the next one as soon as the reply arrives). Frames are random
 256x256 uint8 RGB images, and every request carries a fixed ``seed``, so the runs are repeatable.
@@ -66,11 +66,11 @@ import numpy as np
 import torch
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
-from nitrogen.checkpoint import RawCheckpoint, build_model
-from nitrogen.client import ModelClient
-from nitrogen.configuration import CheckpointConfig
-from nitrogen.engine import PolicyEngine
-from nitrogen.server import InferenceServer, ServerConfig
+from nitrogen.model.checkpoint import RawCheckpoint, build_model
+from nitrogen.serving.client import ModelClient
+from nitrogen.model.configuration import CheckpointConfig
+from nitrogen.inference.engine import PolicyEngine
+from nitrogen.serving.server import InferenceServer, ServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CHECKPOINT = REPO_ROOT.parent / "shared" / "golden" / "released_layout.pt"

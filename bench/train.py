@@ -33,9 +33,9 @@ TINY = REPO.parent / "shared" / "golden" / "released_layout.pt"
 def run_one(model_name: str, mode: str, batch: int, steps: int) -> dict:
     import torch
 
-    from nitrogen.checkpoint import RawCheckpoint, build_model, load_model, model_from_checkpoint
-    from nitrogen.configuration import CheckpointConfig
-    from nitrogen.presets import PRESETS, init_checkpoint
+    from nitrogen.model.checkpoint import RawCheckpoint, build_model, load_model, model_from_checkpoint
+    from nitrogen.model.configuration import CheckpointConfig
+    from nitrogen.model.presets import PRESETS, init_checkpoint
     from nitrogen.training.config import FinetuneConfig
     from nitrogen.training.testing import SyntheticDataset
     from nitrogen.training.trainer import Trainer

@@ -9,7 +9,7 @@ is printed next to the majority-class rate, every ``--every`` steps.
 Towers: ``vit-P`` is the ``agent-small`` SigLIP tower with P-pixel patches (its tokens flattened
 into the head), ``vit-P-wW`` the same at width W (e.g. ``vit-16-w128``: 4x the tokens at a quarter
 of the per-token cost), and a ``-sincos`` suffix starts its position table from the 2-D sine-cosine
-table (:func:`nitrogen.presets.sincos_positions`) instead of random values (the flattened head sees
+table (:func:`nitrogen.model.presets.sincos_positions`) instead of random values (the flattened head sees
 each token's position anyway, so this mainly tests the start); ``cnn`` is the reference path, a
 DQN-style 3-layer convolutional net.
 
@@ -32,9 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from nitrogen.actions import BUTTONS
-from nitrogen.checkpoint import model_from_checkpoint
+from nitrogen.model.checkpoint import model_from_checkpoint
 from nitrogen.data import GameplayDataset, WindowConfig, load_gameplays, split_by_episode
-from nitrogen.presets import get_preset, init_checkpoint
+from nitrogen.model.presets import get_preset, init_checkpoint
 
 LEFT, RIGHT = BUTTONS.index("DPAD_LEFT"), BUTTONS.index("DPAD_RIGHT")
 

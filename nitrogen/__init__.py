@@ -16,28 +16,28 @@ _EXPORTS: dict[str, str] = {
     "BUTTONS": "actions",
     "pack_actions": "actions",
     "unpack_actions": "actions",
-    "CheckpointConfig": "configuration",
-    "DiTConfig": "configuration",
-    "MixerConfig": "configuration",
-    "ModalityConfig": "configuration",
-    "ModelConfig": "configuration",
-    "TokenizerConfig": "configuration",
+    "CheckpointConfig": "model.configuration",
+    "DiTConfig": "model.configuration",
+    "MixerConfig": "model.configuration",
+    "ModalityConfig": "model.configuration",
+    "ModelConfig": "model.configuration",
+    "TokenizerConfig": "model.configuration",
     "CheckpointError": "errors",
     "NitrogenError": "errors",
     "UnknownVisionEncoderError": "errors",
     "ActionChunk": "policy",
     "Policy": "policy",
-    "convert_checkpoint": "checkpoint",
-    "load_model": "checkpoint",
-    "read_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "NitroGenModel": "modeling",
-    "InferenceSession": "session",
-    "PolicyEngine": "engine",
-    "init_checkpoint": "presets",
+    "convert_checkpoint": "model.checkpoint",
+    "load_model": "model.checkpoint",
+    "read_checkpoint": "model.checkpoint",
+    "save_checkpoint": "model.checkpoint",
+    "NitroGenModel": "model.modeling",
+    "InferenceSession": "inference.session",
+    "PolicyEngine": "inference.engine",
+    "init_checkpoint": "model.presets",
     "agent_path": "default_agent",
     "demo": "default_agent",
-    "HumanAgent": "human",
+    "HumanAgent": "runtime.human",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -58,13 +58,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .actions import ACTION_DIM, BUTTONS, pack_actions, unpack_actions  # noqa: F401
-    from .checkpoint import convert_checkpoint, load_model, read_checkpoint, save_checkpoint  # noqa: F401
-    from .configuration import CheckpointConfig, DiTConfig, MixerConfig, ModalityConfig, ModelConfig, TokenizerConfig  # noqa: F401
+    from .model.checkpoint import convert_checkpoint, load_model, read_checkpoint, save_checkpoint  # noqa: F401
+    from .model.configuration import CheckpointConfig, DiTConfig, MixerConfig, ModalityConfig, ModelConfig, TokenizerConfig  # noqa: F401
     from .default_agent import agent_path, demo  # noqa: F401
-    from .engine import PolicyEngine  # noqa: F401
+    from .inference.engine import PolicyEngine  # noqa: F401
     from .errors import CheckpointError, NitrogenError, UnknownVisionEncoderError  # noqa: F401
-    from .human import HumanAgent  # noqa: F401
-    from .modeling import NitroGenModel  # noqa: F401
+    from .runtime.human import HumanAgent  # noqa: F401
+    from .model.modeling import NitroGenModel  # noqa: F401
     from .policy import ActionChunk, Policy  # noqa: F401
-    from .presets import init_checkpoint  # noqa: F401
-    from .session import InferenceSession  # noqa: F401
+    from .model.presets import init_checkpoint  # noqa: F401
+    from .inference.session import InferenceSession  # noqa: F401

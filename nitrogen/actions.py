@@ -44,6 +44,10 @@ VIRTUAL_BUTTONS: frozenset[str] = frozenset({"RIGHT_UP", "RIGHT_BOTTOM", "RIGHT_
 
 TRIGGERS: frozenset[str] = frozenset({"LEFT_TRIGGER", "RIGHT_TRIGGER"})
 
+PHYSICAL_BUTTONS: tuple[str, ...] = tuple(b for b in BUTTONS if b not in VIRTUAL_BUTTONS)
+"""The 17 buttons a controller really has (the triggers included), in the layout's order. They are
+the dataset's button columns (lower-cased); the 4 virtual ones are derived from the right stick."""
+
 STICKS: tuple[str, ...] = ("left_x", "left_y", "right_x", "right_y")
 
 NUM_BUTTONS = len(BUTTONS)

@@ -58,7 +58,7 @@ def info(
 ) -> None:
     """Show a checkpoint's config, parameter counts, game mapping and action layout."""
     from .actions import layout_description
-    from .checkpoint import read_checkpoint, vision_spec_for
+    from .model.checkpoint import read_checkpoint, vision_spec_for
 
     try:
         raw = read_checkpoint(checkpoint)
@@ -161,7 +161,7 @@ def convert(
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Convert a checkpoint between .pt and .safetensors, keeping its config and game mapping."""
-    from .checkpoint import convert_checkpoint
+    from .model.checkpoint import convert_checkpoint
 
     if out.exists() and not force:
         _fail(FileExistsError(f"{out} exists; pass --force to overwrite it"))
@@ -184,7 +184,7 @@ def keys_generate(
     clients: Annotated[int, typer.Option(help="How many client keypairs to create.", min=1)] = 1,
 ) -> None:
     """Create a server keypair and client keypairs for `nitrogen serve --curve-dir`."""
-    from .keys import generate_keys
+    from .serving.keys import generate_keys
 
     try:
         paths = generate_keys(directory, clients=clients)
@@ -228,8 +228,8 @@ def serve(
 
     from pydantic import ValidationError
 
-    from .engine import PolicyEngine
-    from .server import InferenceServer, ServerConfig
+    from .inference.engine import PolicyEngine
+    from .serving.server import InferenceServer, ServerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -310,7 +310,7 @@ def play_command(
 
     from pydantic import ValidationError
 
-    from .play import PlayConfig, StartupPress, play
+    from .runtime.loop import PlayConfig, StartupPress, play
 
     targets = [t for t in (env, process, pid) if t is not None]
     sources = [s for s in (server, port, ckpt, replay) if s is not None]
@@ -340,7 +340,7 @@ def play_command(
 
     try:
         if ckpt is not None:
-            from .session import InferenceSession
+            from .inference.session import InferenceSession
 
             policy = InferenceSession.from_checkpoint(ckpt, device=device, dtype=dtype, game=game, seed=seed)
         elif replay is not None:
@@ -348,7 +348,7 @@ def play_command(
 
             policy = ReplayPolicy(replay)
         else:
-            from .client import ModelClient
+            from .serving.client import ModelClient
 
             policy = ModelClient(server or f"tcp://127.0.0.1:{port}")
         if env is not None:
@@ -515,14 +515,14 @@ def record_command(
 ) -> None:
     """Record gameplay as a Hugging Face dataset in the fine-tuning schema."""
     from .envs import make_env
-    from .experts import make_agent
-    from .record import record
+    from .runtime.experts import make_agent
+    from .runtime.dataset_writer import record
 
     try:
         if policy in ("scripted", "random"):
             agent = make_agent(policy, env, seed)
         elif policy == "human":
-            from .human import HumanAgent
+            from .runtime.human import HumanAgent
 
             agent = HumanAgent(seed)
         else:
@@ -568,7 +568,7 @@ class _PolicyAgent:
 
     def act(self, env: Any, frame: Any) -> Any:
         from .gamepad import MENU_BUTTONS, states_from_chunk
-        from .play import policy_frame
+        from .runtime.loop import policy_frame
 
         if not self.queue:
             self.queue = states_from_chunk(self.policy.predict(policy_frame(frame)).action_tensor)
@@ -579,12 +579,12 @@ def _contender(spec: str, seed: int | None, device: str | None) -> Any:
     """A ``--policy`` spec -> factory ``env_id -> (kind, object)`` for the evaluation harness."""
     kind, _, value = spec.partition(":")
     if kind == "ckpt":
-        from .session import InferenceSession
+        from .inference.session import InferenceSession
 
         session = InferenceSession.from_checkpoint(value, device=device, seed=seed)
         return lambda env_id: ("policy", session)
     if kind == "server":
-        from .client import ModelClient
+        from .serving.client import ModelClient
 
         client = ModelClient(value)
         return lambda env_id: ("policy", client)
@@ -593,7 +593,7 @@ def _contender(spec: str, seed: int | None, device: str | None) -> Any:
 
         return lambda env_id: ("policy", ReplayPolicy(value))
     if kind in ("random", "scripted"):
-        from .experts import make_agent
+        from .runtime.experts import make_agent
 
         return lambda env_id: ("agent", make_agent(kind, env_id, seed or 0))
     raise ValueError(f"unknown --policy {spec!r}: use ckpt:PATH, server:ADDR, replay:PATH, random or scripted")
@@ -623,7 +623,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
-    from .evaluate import EpisodeResult, evaluate, markdown_table, summarize, write_results
+    from .runtime.benchmark import EpisodeResult, evaluate, markdown_table, summarize, write_results
 
     seed_list = [int(s) for s in seeds.split(",")] if seeds else list(range(episodes))
     try:

@@ -129,10 +129,10 @@ def demo(
     number of frames, so the scores compare like for like.
     """
     from .envs import make_env
-    from .evaluate import run_agent
-    from .experts import make_agent
-    from .play import PlayConfig, play
-    from .session import InferenceSession
+    from .runtime.benchmark import run_agent
+    from .runtime.experts import make_agent
+    from .runtime.loop import PlayConfig, play
+    from .inference.session import InferenceSession
 
     directory = directory or agent_dir()
     card = load_card(directory)

@@ -5,8 +5,13 @@ released layout (the 4 virtual right-stick buttons are never sent; the 2 trigger
 two sticks in [-1, 1] and two triggers in [0, 1]. Sticks keep the model's axis convention,
 :data:`STICK_Y_DOWN`: positive y points down, as in SDL and evdev (the original player negates y
 for an XInput pad, whose positive y is up), and a pad backend applies any device-specific flip.
-The model's triggers are binary buttons, so they become 0.0 or 1.0 here. This module is the one
-place that converts; the threshold is 0.5.
+The model's triggers are binary buttons, so they become 0.0 or 1.0 here.
+
+This module is the one place that converts between pad input and the 25-dim action vector, both
+ways: :func:`pack_pad` (pressed buttons and sticks of many frames -> vectors, the four virtual
+right-stick buttons derived from ``j_right`` with :data:`VIRTUAL_THRESHOLD`), which the dataset
+mapping, the recorder and :meth:`GamepadState.to_action_vector` use, and :func:`state_from_action`
+(a vector -> the state to send). Buttons and triggers are pressed above :data:`BUTTON_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -16,10 +21,57 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .actions import ACTION_DIM, BUTTON_INDEX, BUTTON_THRESHOLD, BUTTONS, TRIGGERS, VIRTUAL_BUTTONS, unpack_actions
+from .actions import (
+    ACTION_DIM,
+    BUTTON_INDEX,
+    BUTTON_THRESHOLD,
+    BUTTONS,
+    LEFT_STICK_SLICE,
+    PHYSICAL_BUTTONS,
+    RIGHT_STICK_SLICE,
+    TRIGGERS,
+    VIRTUAL_BUTTONS,
+    unpack_actions,
+)
 
-PAD_BUTTONS: tuple[str, ...] = tuple(b for b in BUTTONS if b not in VIRTUAL_BUTTONS and b not in TRIGGERS)
+PAD_BUTTONS: tuple[str, ...] = tuple(b for b in PHYSICAL_BUTTONS if b not in TRIGGERS)
 """The 15 buttons a pad has, in the layout's (alphabetical) order; the triggers are axes."""
+
+VIRTUAL_THRESHOLD = 0.5
+"""A virtual right-stick button is pressed when ``j_right`` leans past this along its axis."""
+
+_PHYSICAL_INDEX = np.asarray([BUTTON_INDEX[b] for b in PHYSICAL_BUTTONS])
+
+
+def virtual_buttons(j_right: np.ndarray, threshold: float = VIRTUAL_THRESHOLD) -> dict[str, np.ndarray]:
+    """The four virtual buttons of ``(N, 2)`` right-stick values (+y points down, so up is -y)."""
+    x, y = j_right[:, 0], j_right[:, 1]
+    return {"RIGHT_UP": y < -threshold, "RIGHT_BOTTOM": y > threshold, "RIGHT_LEFT": x < -threshold, "RIGHT_RIGHT": x > threshold}
+
+
+def pack_pad(
+    pressed: np.ndarray, j_left: np.ndarray, j_right: np.ndarray, threshold: float = VIRTUAL_THRESHOLD
+) -> np.ndarray:
+    """Pad input of ``N`` frames -> ``(N, 25)`` float32 action vectors.
+
+    ``pressed (N, 17)`` is boolean, in :data:`~nitrogen.actions.PHYSICAL_BUTTONS` order (triggers
+    included); ``j_left``/``j_right (N, 2)`` are in [-1, 1]. Sticks are stored as ``(v + 1) / 2``
+    and the virtual buttons come from ``j_right``.
+    """
+    pressed, j_left, j_right = np.asarray(pressed, bool), np.asarray(j_left, np.float32), np.asarray(j_right, np.float32)
+    N = pressed.shape[0]
+    if pressed.shape != (N, len(PHYSICAL_BUTTONS)) or j_left.shape != (N, 2) or j_right.shape != (N, 2):
+        raise ValueError(
+            f"pack_pad needs pressed (N, {len(PHYSICAL_BUTTONS)}) and sticks (N, 2), got "
+            f"{pressed.shape}, {j_left.shape}, {j_right.shape}"
+        )
+    out = np.zeros((N, ACTION_DIM), dtype=np.float32)
+    out[:, _PHYSICAL_INDEX] = pressed
+    for name, on in virtual_buttons(j_right, threshold).items():
+        out[:, BUTTON_INDEX[name]] = on
+    out[:, LEFT_STICK_SLICE] = (j_left + 1.0) / 2.0
+    out[:, RIGHT_STICK_SLICE] = (j_right + 1.0) / 2.0
+    return out
 
 MENU_BUTTONS: frozenset[str] = frozenset({"START", "GUIDE", "BACK"})
 
@@ -67,16 +119,17 @@ class GamepadState:
             "right_trigger": float(self.right_trigger),
         }
 
+    def physical_buttons(self) -> frozenset[str]:
+        """The pressed :data:`~nitrogen.actions.PHYSICAL_BUTTONS`: pad buttons, and each trigger
+        whose axis is at least :data:`~nitrogen.actions.BUTTON_THRESHOLD` (the model's triggers are buttons)."""
+        triggers = {"LEFT_TRIGGER": self.left_trigger, "RIGHT_TRIGGER": self.right_trigger}
+        return self.buttons | {name for name, v in triggers.items() if v >= BUTTON_THRESHOLD}
+
     def to_action_vector(self) -> np.ndarray:
-        """Back to the model's 25-dim layout (virtual buttons 0), e.g. for recorded datasets."""
-        vec = np.zeros(ACTION_DIM, dtype=np.float32)
-        for b in self.buttons:
-            vec[BUTTON_INDEX[b]] = 1.0
-        vec[BUTTON_INDEX["LEFT_TRIGGER"]] = float(self.left_trigger >= BUTTON_THRESHOLD)
-        vec[BUTTON_INDEX["RIGHT_TRIGGER"]] = float(self.right_trigger >= BUTTON_THRESHOLD)
-        vec[21:23] = (np.asarray(self.left_stick) + 1) / 2
-        vec[23:25] = (np.asarray(self.right_stick) + 1) / 2
-        return vec
+        """Back to the model's 25-dim layout through :func:`pack_pad` (virtual buttons from the right stick)."""
+        held = self.physical_buttons()
+        pressed = np.asarray([[b in held for b in PHYSICAL_BUTTONS]])
+        return pack_pad(pressed, np.asarray([self.left_stick]), np.asarray([self.right_stick]))[0]
 
 
 NEUTRAL = GamepadState()

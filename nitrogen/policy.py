@@ -1,4 +1,13 @@
-"""The one interface that play and evaluation drive: a local model, a remote server or a replay."""
+"""The one interface that play, record and evaluation drive, and what a policy says about itself.
+
+A :class:`Policy` turns frames into :class:`ActionChunk`\ s and describes itself with a typed
+:class:`PolicySpec`: how many actions a chunk holds, how many frames after its observation the
+first one is meant for, the square frame size it looks at, its step rate, its button order and its
+games. The local :class:`~nitrogen.inference.session.InferenceSession`, the remote
+:class:`~nitrogen.serving.client.ModelClient` (from the server's ``info``), :class:`ReplayPolicy`
+and the scripted, random and human agents (through one adapter in :mod:`nitrogen.runtime.sources`)
+all carry one. This module needs only numpy and pydantic.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +19,52 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .actions import ACTION_DIM, NUM_BUTTONS, unpack_actions
+from .actions import ACTION_DIM, BUTTONS, NUM_BUTTONS, unpack_actions
+
+
+class PolicySpec(BaseModel):
+    """What a policy is, typed: everything the episode loop needs to drive it.
+
+    ``image_size`` is the side of the square frame the policy looks at (its vision tower's input,
+    from the checkpoint); ``None`` means it takes the game's own frames unchanged (an agent that
+    reads the emulator, a replay). ``action_shift``: action ``k`` of a chunk observed at frame ``t``
+    is meant for frame ``t + action_shift + k``. ``step_rate_hz``: one action per frame of a game
+    running at this rate. ``game_mapping``: game name -> id for a game-conditioned checkpoint.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "policy"
+    kind: str = Field("model", description="model, replay, scripted, random or human")
+    action_horizon: int = Field(18, ge=1)
+    action_shift: int = Field(0, ge=0)
+    image_size: int | None = Field(None, gt=0)
+    step_rate_hz: float = Field(60.0, gt=0)
+    buttons: tuple[str, ...] = BUTTONS
+    game_mapping: dict[str, int] | None = None
+
+    @field_validator("buttons")
+    @classmethod
+    def _layout_buttons(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if tuple(value) != BUTTONS:
+            raise ValueError(f"a policy must use the released button order {list(BUTTONS)}, got {list(value)}")
+        return tuple(value)
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any], *, name: str | None = None, kind: str = "model") -> PolicySpec:
+        """The spec of a model from its ``info()`` map (an engine's, a session's or a server's)."""
+        return cls(
+            name=name or str(info.get("name") or info.get("checkpoint") or "policy"),
+            kind=kind,
+            action_horizon=int(info["action_horizon"]),
+            action_shift=int(info.get("action_shift", 0)),
+            image_size=info.get("image_size"),
+            step_rate_hz=float(info.get("step_rate_hz", 60.0)),
+            buttons=tuple(info.get("buttons", BUTTONS)),
+            game_mapping=dict(info["games"]) if info.get("games") else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +119,11 @@ class ActionChunk(Mapping[str, Any]):
 class Policy(Protocol):
     """Anything that turns game frames into action chunks."""
 
+    @property
+    def spec(self) -> PolicySpec:
+        """What this policy is: horizon, action shift, frame size, step rate, buttons, games."""
+        ...
+
     def predict(self, frame: Any) -> ActionChunk:
         """The next action chunk for this RGB frame (uint8 ``H x W x 3`` or a PIL image)."""
         ...
@@ -75,7 +133,11 @@ class Policy(Protocol):
         ...
 
     def info(self) -> dict[str, Any]:
-        """What this policy is: checkpoint, settings, action layout."""
+        """What this policy is, untyped and in full: checkpoint, settings, action layout."""
+        ...
+
+    def close(self) -> None:
+        """Release what the policy holds (a socket, a window); safe to call twice."""
         ...
 
 

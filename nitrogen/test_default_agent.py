@@ -10,7 +10,7 @@ import av
 import pytest
 from typer.testing import CliRunner
 
-from nitrogen.checkpoint import read_checkpoint
+from nitrogen.model.checkpoint import read_checkpoint
 from nitrogen.cli import app
 from nitrogen.default_agent import (
     ASSET_DIR,
@@ -21,8 +21,8 @@ from nitrogen.default_agent import (
     demo,
     load_card,
 )
-from nitrogen.experts import EXPERTS
-from nitrogen.presets import preset_config
+from nitrogen.runtime.experts import EXPERTS
+from nitrogen.model.presets import preset_config
 
 runner = CliRunner()
 

@@ -38,7 +38,7 @@ def test_cli_entry_point_runs():
 def test_every_golden_case_is_covered_by_the_parity_tests():
     import json
 
-    from nitrogen.test_parity import CASES
+    from nitrogen.model.test_parity import CASES
 
     index = json.loads((ROOT.parent / "shared" / "golden" / "index.json").read_text())
     assert sorted(case["name"] for case in index) == sorted(CASES)

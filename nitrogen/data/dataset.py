@@ -17,8 +17,8 @@ names each window's game, which the training eval uses to report metrics per gam
 
 Frames are decoded (PNG bytes / PIL / path -> RGB uint8), the optional ``mask_rect`` is painted
 black in source pixels, and the frame is squashed to ``S x S`` with ``INTER_AREA`` exactly as at
-play time (:func:`nitrogen.preprocessing.resize_frame`), then normalised by
-:func:`nitrogen.preprocessing.to_pixels`.
+play time (:func:`nitrogen.inference.preprocessing.resize_frame`), then normalised by
+:func:`nitrogen.inference.preprocessing.to_pixels`.
 
 Corrupt rows: an undecodable image, or a bad action cell (wrong-length / non-numeric / out-of-range
 stick, non-boolean button), raises :class:`CorruptRowError` naming the dataset row. Action cells are
@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nitrogen.configuration import ModalityConfig
+from nitrogen.model.configuration import ModalityConfig
 from nitrogen.data.schema import ActionMapper, CorruptRowError, MappingConfig
-from nitrogen.preprocessing import resize_frame, to_pixels
+from nitrogen.inference.preprocessing import resize_frame, to_pixels
 
 logger = logging.getLogger(__name__)
 

@@ -31,33 +31,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nitrogen.actions import ACTION_DIM, BUTTON_INDEX, LEFT_STICK_SLICE, RIGHT_STICK_SLICE, VIRTUAL_BUTTONS
+from nitrogen.actions import LEFT_STICK_SLICE, PHYSICAL_BUTTONS, RIGHT_STICK_SLICE, VIRTUAL_BUTTONS
+from nitrogen.gamepad import VIRTUAL_THRESHOLD, pack_pad
 
 logger = logging.getLogger(__name__)
 
-PHYSICAL_BUTTONS: tuple[str, ...] = (
-    "SOUTH",
-    "EAST",
-    "WEST",
-    "NORTH",
-    "LEFT_SHOULDER",
-    "RIGHT_SHOULDER",
-    "LEFT_TRIGGER",
-    "RIGHT_TRIGGER",
-    "START",
-    "BACK",
-    "GUIDE",
-    "DPAD_UP",
-    "DPAD_DOWN",
-    "DPAD_LEFT",
-    "DPAD_RIGHT",
-    "LEFT_THUMB",
-    "RIGHT_THUMB",
-)
-"""The 17 layout buttons that come from dataset columns (the other 4 are virtual)."""
-
 BUTTON_COLUMNS: tuple[str, ...] = tuple(name.lower() for name in PHYSICAL_BUTTONS)
-"""The schema's default button column names."""
+"""The schema's button column names: the 17 :data:`~nitrogen.actions.PHYSICAL_BUTTONS`, lower-cased
+(the released NitroGen dataset's columns)."""
 
 STICK_TOLERANCE = 1e-3
 """Stick values may exceed [-1, 1] by this much (float noise) and are then clipped; more is corrupt."""
@@ -104,7 +85,7 @@ class MappingConfig(BaseModel):
     image: str = "image"
     episode_id: str = "episode_id"
     frame: str = "frame"
-    virtual_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    virtual_threshold: float = Field(VIRTUAL_THRESHOLD, gt=0.0, lt=1.0)
     deadzone: float = Field(0.0, ge=0.0, lt=1.0)
 
     @field_validator("buttons")
@@ -270,7 +251,7 @@ class ActionMapper:
             if not present:
                 raise ValueError("cannot infer the number of rows: no mapped column is present; pass num_rows")
             num_rows = len(columns[present[0]])
-        out = np.zeros((num_rows, ACTION_DIM), dtype=np.float32)
+        pressed = np.zeros((num_rows, len(PHYSICAL_BUTTONS)), dtype=bool)
         bad = np.zeros(num_rows, dtype=bool)
 
         def fail(k: int, column: str, reason: str) -> None:
@@ -281,36 +262,29 @@ class ActionMapper:
                 errors.append(err)
             bad[k] = True
 
-        for name, column in cfg.buttons.items():
+        for b, (name, column) in enumerate(cfg.buttons.items()):
             if column is None or column not in columns:
                 continue
             values = columns[column]
             arr = np.asarray(values)
             if arr.dtype == np.bool_ and arr.shape == (num_rows,):
-                out[:, BUTTON_INDEX[name]] = arr
+                pressed[:, b] = arr
                 continue
             for k, v in enumerate(values):  # slow path: validate every cell
                 try:
-                    out[k, BUTTON_INDEX[name]] = _button(v)
+                    pressed[k, b] = _button(v)
                 except ValueError as exc:
                     fail(k, column, str(exc))
 
-        sticks = {}
-        for column, dims in ((cfg.j_left, LEFT_STICK_SLICE), (cfg.j_right, RIGHT_STICK_SLICE)):
+        sticks = []
+        for column in (cfg.j_left, cfg.j_right):
             xy = np.zeros((num_rows, 2), dtype=np.float32)
             if column is not None and column in columns:
                 xy = self._stick_array(columns[column], num_rows, lambda k, r, c=column: fail(k, c, r))
             if cfg.deadzone > 0:
                 xy[np.abs(xy) < cfg.deadzone] = 0.0
-            sticks[dims.start] = xy
-            out[:, dims] = (xy + 1.0) / 2.0
-
-        x, y = sticks[RIGHT_STICK_SLICE.start][:, 0], sticks[RIGHT_STICK_SLICE.start][:, 1]
-        t = cfg.virtual_threshold
-        out[:, BUTTON_INDEX["RIGHT_UP"]] = y < -t  # +y points down (SDL)
-        out[:, BUTTON_INDEX["RIGHT_BOTTOM"]] = y > t
-        out[:, BUTTON_INDEX["RIGHT_LEFT"]] = x < -t
-        out[:, BUTTON_INDEX["RIGHT_RIGHT"]] = x > t
+            sticks.append(xy)
+        out = pack_pad(pressed, sticks[0], sticks[1], cfg.virtual_threshold)
         if bad.any():
             out[bad] = 0.0
             out[bad, LEFT_STICK_SLICE.start : RIGHT_STICK_SLICE.stop] = 0.5

@@ -28,7 +28,7 @@ from nitrogen.data import (
     split_by_episode,
     table_to_actions,
 )
-from nitrogen.preprocessing import resize_frame, to_pixels
+from nitrogen.inference.preprocessing import resize_frame, to_pixels
 
 EP_LENGTHS = (32, 28)  # episode 0 in row order, episode 1 stored with its frames reversed
 N = sum(EP_LENGTHS)
@@ -375,7 +375,7 @@ def test_split_by_episode_is_disjoint(clean):
 
 
 def test_default_collate_batches_feed_training_loss(clean, tiny_ckpt):
-    from nitrogen.checkpoint import load_model
+    from nitrogen.model.checkpoint import load_model
 
     model, _ = load_model(tiny_ckpt)
     ds = GameplayDataset(clean, context_length=2, frame_spacing=4, action_shift=3, action_horizon=18)

@@ -9,7 +9,7 @@ import numpy as np
 
 from nitrogen.actions import BUTTON_INDEX
 from nitrogen.desktop import DesktopGameEnv, FakeUInputDevice, VirtualPad
-from nitrogen.play import PlayConfig, play
+from nitrogen.runtime.loop import PlayConfig, play
 from nitrogen.policy import ReplayPolicy
 
 

@@ -123,7 +123,7 @@ class AtariEnv(GamepadEnv):
         """A snapshot of the emulator (RAM, CPU, RNG) that :meth:`restore_state` returns to.
 
         With :meth:`emulate`, this lets a scripted expert try actions ahead of time (see
-        :class:`nitrogen.experts.LookaheadExpert`); the episode itself never sees those frames.
+        :class:`nitrogen.runtime.experts.LookaheadExpert`); the episode itself never sees those frames.
         """
         return self._env.unwrapped.ale.cloneState()
 

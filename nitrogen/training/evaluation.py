@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..modeling import NitroGenModel
+from ..model.modeling import NitroGenModel
 from .metrics import action_metrics
 from .order import eval_noise, sample_noise_and_time
 

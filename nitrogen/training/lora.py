@@ -1,7 +1,7 @@
 """LoRA adapters and parameter freezing for NitroGen, and merging back to the released layout.
 
 Adapters are injected with :func:`peft.inject_adapter_in_model` straight into the plain
-:class:`~nitrogen.modeling.NitroGenModel` (no ``PeftModel`` wrapper), so the training code keeps
+:class:`~nitrogen.model.modeling.NitroGenModel` (no ``PeftModel`` wrapper), so the training code keeps
 calling ``model.training_loss``. Only ``nn.Linear`` modules whose names fully match one of the
 config's regexes are adapted; ``CategorySpecificLinear`` (the action heads) is not an ``nn.Linear``.
 """
@@ -17,8 +17,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ..checkpoint import build_model
-from ..modeling import NitroGenModel
+from ..model.checkpoint import build_model
+from ..model.modeling import NitroGenModel
 from .config import FinetuneConfig
 
 ADAPTER_NAME = "default"

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..checkpoint import RawCheckpoint, model_from_checkpoint, read_checkpoint
-from ..presets import INIT_PREFIX, init_checkpoint
+from ..model.checkpoint import RawCheckpoint, model_from_checkpoint, read_checkpoint
+from ..model.presets import INIT_PREFIX, init_checkpoint
 from .config import FinetuneConfig
 from .trainer import Trainer
 
@@ -34,7 +34,7 @@ def finetune(
     ``out_dir/checkpoints/latest`` if ``resume``), export, and return a summary dict with ``step``,
     ``losses``, ``eval``, parameter counts and the exported ``paths``.
 
-    ``ckpt_path`` may be ``init:PRESET`` (a fresh model from :mod:`nitrogen.presets`, initialised with
+    ``ckpt_path`` may be ``init:PRESET`` (a fresh model from :mod:`nitrogen.model.presets`, initialised with
     ``config.seed``) or an already read checkpoint.
     """
     raw = ckpt_path if isinstance(ckpt_path, RawCheckpoint) else starting_checkpoint(ckpt_path, config.seed)

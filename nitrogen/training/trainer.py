@@ -26,14 +26,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..checkpoint import RawCheckpoint, save_checkpoint
-from ..modeling import NitroGenModel
+from ..model.checkpoint import RawCheckpoint, save_checkpoint
+from ..model.modeling import NitroGenModel
 from . import state as ckpt
 from .config import FinetuneConfig
 from .evaluation import evaluate
 from .lora import has_lora, is_lora_param, merge_lora, prepare_model, trainable_state_dict
 from .order import DataPosition, ResumableBatchSampler, sample_noise_and_time
-from .plot import plot_curves
+from ..rundir.plots import plot_curves
 
 __all__ = ["METRIC_COLUMNS", "Trainer", "evaluate", "lr_lambda"]
 
@@ -88,7 +88,7 @@ class LossModule(nn.Module):
 
 
 class Trainer:
-    """Fine-tunes ``model`` (fresh from :func:`nitrogen.checkpoint.load_model`) on ``train_dataset``.
+    """Fine-tunes ``model`` (fresh from :func:`nitrogen.model.checkpoint.load_model`) on ``train_dataset``.
 
     The model is prepared in place (LoRA, freezing) unless it already carries adapters. Dataset
     items: ``pixels (F,3,S,S)``, ``frame_valid (F,)``, ``actions (H,25)``, ``action_mask (H,25)``,

@@ -1,0 +1,251 @@
+"""The prediction engine: one loaded model that predicts for many independent frame histories.
+
+:class:`InferenceSession` wraps an engine with one history; the server wraps one engine with a
+session per client and sends their requests through :meth:`PolicyEngine.predict_batch` together.
+Per frame the vision tower runs once; per batch the VL mixer runs once over every sample's
+conditional and unconditional (CFG) tokens, and each Euler step is one DiT pass over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..actions import ACTION_DIM, BUTTONS, layout_description
+from ..model.checkpoint import RawCheckpoint, load_model
+from .cpu_kernels import pack_linears, packing_available
+from ..model.modeling import NitroGenModel, Schedule
+from .preprocessing import as_rgb_frame, resize_frame, to_pixels
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None and dtype not in _DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; use one of float32, bfloat16, float16")
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class PredictRequest:
+    """One sample of a batch: a frame history (vision tokens, oldest first, newest included)."""
+
+    history: Sequence[torch.Tensor]
+    game_id: int | None
+    cfg_scale: float
+    noise: torch.Tensor  # (H, A) float32
+
+
+class PolicyEngine:
+    """A NitroGen model on a device, with its precision, sampler settings and caches.
+
+    Precision: by default, on CUDA the weights stay float32 and run under bfloat16 autocast (the
+    released recipe); on CPU everything is float32. ``dtype="bfloat16"`` (or float16) stores the
+    weights in that type instead, which halves memory and is the fast path on CPU. The sampled
+    actions are always accumulated in float32.
+    """
+
+    def __init__(
+        self,
+        model: NitroGenModel,
+        checkpoint: RawCheckpoint,
+        *,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None = None,
+        num_steps: int | None = None,
+        pack_weights: bool | None = None,
+    ):
+        self.model = model
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        mcfg = self.config.model_cfg
+        if mcfg.action_dim != ACTION_DIM:
+            raise ValueError(f"checkpoint predicts {mcfg.action_dim} action dims; the gamepad layout has {ACTION_DIM}")
+        self.game_mapping = checkpoint.game_mapping
+        self.num_steps = int(mcfg.num_inference_timesteps if num_steps is None else num_steps)
+        if not 1 <= self.num_steps <= mcfg.num_timestep_buckets:
+            raise ValueError(f"num_steps must be in 1..{mcfg.num_timestep_buckets}, got {self.num_steps}")
+        self._schedule: Schedule | None = None
+        self.packed_layers = self._pack(pack_weights)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        num_steps: int | None = None,
+        pack_weights: bool | None = None,
+    ) -> PolicyEngine:
+        dev = resolve_device(device)
+        weight_dtype = resolve_dtype(dtype)
+        autocast = torch.bfloat16 if (weight_dtype is None and dev.type == "cuda") else None
+        model, raw = load_model(path, device=dev, dtype=weight_dtype)
+        return cls(model, raw, device=dev, autocast_dtype=autocast, num_steps=num_steps, pack_weights=pack_weights)
+
+    def _pack(self, pack_weights: bool | None) -> int:
+        """Pre-pack weights for oneDNN on CPU (see :mod:`nitrogen.inference.cpu_kernels`); returns the layer count.
+
+        The denoiser's matmuls (18 rows per step) gain the most, so they are always packed. In
+        reduced precision the vision tower and the mixer (256 rows) are packed too, for about 10%
+        more; that keeps a second copy of their weights (about 0.6 GB in bfloat16).
+        """
+        weight_dtype = next(self.model.parameters()).dtype
+        if pack_weights is None:
+            pack_weights = self.autocast_dtype is None and packing_available(self.device, weight_dtype)
+        if not pack_weights:
+            return 0
+        m = self.model
+        rows = self.config.model_cfg.action_horizon
+        count = sum(pack_linears(part, rows) for part in (m.model, m.action_encoder, m.action_decoder))
+        if weight_dtype != torch.float32:
+            tokens = m.vision_spec.tokens_per_frame
+            count += pack_linears(m.vision_encoder, tokens) + pack_linears(m.vl_self_attention_model, tokens)
+        return count
+
+    # ------------------------------------------------------------------------------ settings
+
+    @property
+    def action_horizon(self) -> int:
+        return self.config.model_cfg.action_horizon
+
+    @property
+    def precision(self) -> str:
+        weights = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        autocast = f", {str(self.autocast_dtype).removeprefix('torch.')} autocast" if self.autocast_dtype else ""
+        return f"{weights} weights{autocast}"
+
+    def list_games(self) -> dict[str, int]:
+        """The checkpoint's games by name -> id; ``""`` (id 0) is unconditional. Empty if none."""
+        return dict(sorted((self.game_mapping or {}).items(), key=lambda kv: kv[1]))
+
+    def resolve_game(self, game: str | int | None) -> tuple[int | None, str | None]:
+        """A game name or id -> ``(id, name)``; None is the unconditional game (if any)."""
+        if game is None:
+            return (0, "") if self.game_mapping else (None, None)
+        if not self.game_mapping:
+            raise ValueError(f"game {game!r} was given, but this checkpoint has no game mapping")
+        if isinstance(game, str) and game in self.game_mapping:
+            return self.game_mapping[game], game
+        if isinstance(game, int) or (isinstance(game, str) and game.isdigit()):
+            by_id = {v: k for k, v in self.game_mapping.items()}
+            if int(game) in by_id:
+                return int(game), by_id[int(game)]
+        raise ValueError(f"unknown game {game!r}; known games: {self.list_games()}")
+
+    def check_context_length(self, context_length: int) -> int:
+        """Validate a frame-history length against the checkpoint's VL token budget."""
+        if context_length < 1:
+            raise ValueError(f"context_length must be at least 1 frame, got {context_length}")
+        model, limit = self.model, self.config.tokenizer_cfg.max_sequence_length
+        tokens = context_length * model.vision_spec.tokens_per_frame + int(model.has_games)
+        if tokens > limit:
+            raise ValueError(
+                f"context_length={context_length} needs {tokens} VL tokens, but this checkpoint allows {limit} "
+                f"({model.vision_spec.tokens_per_frame} per frame{' + 1 game token' if model.has_games else ''})"
+            )
+        return context_length
+
+    def noise(self, noise: Any = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Validated ``(H, 25)`` initial noise, or a fresh draw from ``generator``."""
+        H = self.action_horizon
+        if noise is None:
+            return torch.randn(H, ACTION_DIM, generator=generator)
+        arr = np.asarray(noise)
+        if arr.shape != (H, ACTION_DIM):
+            raise ValueError(f"noise must have shape ({H}, {ACTION_DIM}), got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+            raise ValueError("noise must be finite floating-point values")
+        return torch.from_numpy(arr.astype(np.float32))
+
+    def info(self) -> dict[str, Any]:
+        mcfg = self.config.model_cfg
+        return {
+            "checkpoint": str(self.checkpoint.path) if self.checkpoint.path else None,
+            "experiment_name": self.config.experiment_name,
+            "vision_encoder": mcfg.vision_encoder_name,
+            "device": str(self.device),
+            "precision": self.precision,
+            "packed_layers": self.packed_layers,
+            "games": self.list_games(),
+            "num_steps": self.num_steps,
+            "action_horizon": mcfg.action_horizon,
+            "action_shift": self.config.modality_cfg.action_shift,
+            "action_dim": ACTION_DIM,
+            "buttons": list(BUTTONS),
+            "action_layout": layout_description(),
+            "image_size": self.model.vision_spec.image_size,
+        }
+
+    # ---------------------------------------------------------------------------- inference
+
+    def autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def schedule(self) -> Schedule:
+        if self._schedule is None:
+            self._schedule = self.model.model.schedule(self.model.step_buckets(self.num_steps, self.device))
+        return self._schedule
+
+    def preprocess(self, frame: Any) -> np.ndarray:
+        """Validate a frame and squash it to the tower's input size (CPU work, no model)."""
+        return resize_frame(as_rgb_frame(frame), self.model.vision_spec.image_size)
+
+    def encode(self, frames: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Preprocessed frames -> their vision tokens, each ``(P, D)``, in one tower pass.
+
+        Call under ``torch.inference_mode()`` and :meth:`autocast`.
+        """
+        pixels = to_pixels(list(frames)).to(self.device)
+        return list(self.model.encode_frames(pixels).unbind(0))
+
+    def sample(self, requests: Sequence[PredictRequest]) -> np.ndarray:
+        """Action tensors ``(B, H, 25)`` for a batch of histories; call like :meth:`encode`.
+
+        The conditional input of a sample has its whole history and its game; with CFG its
+        unconditional input has only the newest frame and no game token. All of them go through
+        the mixer together, and every Euler step is one DiT pass over the whole batch.
+        """
+        model = self.model
+        guided = [i for i, r in enumerate(requests) if r.cfg_scale != 1.0]
+        frames = [torch.stack(list(r.history)) for r in requests] + [requests[i].history[-1][None] for i in guided]
+        games = [r.game_id for r in requests] + [None] * len(guided)
+        both = model.condition(model.vl_tokens(frames, games))
+        B = len(requests)
+        cond = both.rows(0, B)
+        uncond = both.rows(B) if guided else None
+        noise = torch.stack([r.noise for r in requests]).to(self.device)
+        scales = torch.tensor([requests[i].cfg_scale for i in guided], dtype=torch.float32, device=self.device)
+        index = torch.tensor(guided, dtype=torch.long, device=self.device) if guided else None
+        actions = model.sample(cond, noise, self.num_steps, uncond, scales, self.schedule(), guided=index)
+        return actions.float().cpu().numpy()

@@ -1,0 +1,78 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from nitrogen import InferenceSession
+from nitrogen.runtime.benchmark import evaluate, write_results
+from nitrogen.gamepad import GamepadState
+
+
+class FireAndRight:
+    """A deterministic agent: fire, then hold right."""
+
+    name = "fire-right"
+
+    def reset(self, env, seed=None):
+        self.t = 0
+
+    def act(self, env, frame):
+        self.t += 1
+        return GamepadState(buttons=frozenset({"SOUTH"} if self.t % 10 == 1 else {"DPAD_RIGHT"}))
+
+
+def test_eval_table_for_a_tiny_checkpoint_and_an_agent(tiny_ckpt, tmp_path):
+    policy = InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", seed=0)
+    contenders = {
+        "tiny": lambda env_id: ("policy", policy),
+        "fire-right": lambda env_id: ("agent", FireAndRight()),
+        "expert": lambda env_id: (_ for _ in ()).throw(KeyError(env_id)),  # nothing for this game
+    }
+    results = evaluate(["ale:Breakout"], contenders, seeds=[0, 1], max_frames=90)
+    assert sorted({r.contender for r in results}) == ["fire-right", "tiny"]
+    assert all(0 < r.length <= 90 for r in results) and len(results) == 4
+    again = evaluate(["ale:Breakout"], {"fire-right": contenders["fire-right"]}, seeds=[0, 1], max_frames=90)
+    assert [r.score for r in again] == [r.score for r in results if r.contender == "fire-right"]
+    paths = write_results(results, tmp_path / "eval")
+    doc = json.loads(paths["json"].read_text())
+    for summary in doc["summaries"]:
+        episodes = [e["score"] for e in doc["episodes"] if e["contender"] == summary["contender"]]
+        assert summary["episodes"] == 2 and np.isclose(summary["score_mean"], np.mean(episodes))
+    table = paths["markdown"].read_text()
+    assert "| ale:Breakout | tiny | 2 |" in table and "fire-right" in table
+    image = cv2.imread(str(paths["png"]))
+    assert image is not None and image.shape[0] > 100
+    assert next(s for s in doc["summaries"] if s["contender"] == "tiny")["latency_ms"] > 0
+
+
+def test_gap_closed_puts_random_at_0_and_the_expert_at_100_percent():
+    from nitrogen.runtime.benchmark import EpisodeResult, gap_closed, markdown_table, summarize
+
+    results = [
+        EpisodeResult("g", "random", 0, -20.0, 100, 0.0),
+        EpisodeResult("g", "scripted", 0, 0.0, 100, 0.0),
+        EpisodeResult("g", "ckpt:a", 0, -10.0, 100, 5.0),
+        EpisodeResult("g", "ckpt:a", 1, -4.0, 100, 5.0),
+        EpisodeResult("h", "ckpt:a", 0, 3.0, 100, 5.0),  # no baselines on this game
+    ]
+    summaries = summarize(results)
+    closed = gap_closed(summaries)
+    assert closed == {("g", "ckpt:a"): pytest.approx((-7.0 + 20.0) / 20.0)}
+    table = markdown_table(summaries)
+    assert "| g | ckpt:a | 2 | -7.00 | 3.00 | 65% |" in table
+    assert "| h | ckpt:a | 1 | 3.00 | 0.00 | - |" in table
+
+
+def test_a_game_without_a_scripted_expert_is_evaluated_without_that_baseline():
+    from nitrogen.runtime.experts import NoExpertError, make_agent
+
+    contenders = {name: (lambda env_id, n=name: ("agent", make_agent(n, env_id, 0))) for name in ("random", "scripted")}
+    with pytest.raises(NoExpertError):
+        contenders["scripted"]("ale:Tennis")
+    results = evaluate(["ale:Tennis", "ale:Pong"], contenders, seeds=[0], max_frames=30)
+    assert [(r.env, r.contender) for r in results] == [
+        ("ale:Tennis", "random"),
+        ("ale:Pong", "random"),
+        ("ale:Pong", "scripted"),
+    ]

@@ -1,0 +1,159 @@
+"""Tests for nitrogen.runtime.dataset_writer: recorded shards load unchanged through nitrogen.data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nitrogen.actions import BUTTON_INDEX, VIRTUAL_BUTTONS
+from nitrogen.data import BUTTON_COLUMNS, GameplayDataset, WindowConfig, load_gameplay
+from nitrogen.envs import make_env
+from nitrogen.runtime.experts import BreakoutExpert
+from nitrogen.gamepad import GamepadState
+from nitrogen.runtime.dataset_writer import record
+
+pytest.importorskip("ale_py")
+
+
+class Spy:
+    """Wraps an agent and remembers every (episode, frame, state) it was asked about."""
+
+    def __init__(self, inner: Any, fail_at: int | None = None) -> None:
+        self.inner = inner
+        self.name = f"spy-{inner.name}"
+        self.fail_at = fail_at
+        self.seen: list[tuple[int, np.ndarray, GamepadState]] = []
+        self.seeds: list[int | None] = []
+        self.episode = -1
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self.episode += 1
+        self.seeds.append(seed)
+        self.inner.reset(env, seed)
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        if self.fail_at is not None and len(self.seen) == self.fail_at:
+            raise RuntimeError("simulated crash")
+        state = self.inner.act(env, frame)
+        if len(self.seen) % 7 == 3:  # also exercise sticks, triggers and several buttons at once
+            state = GamepadState(
+                state.buttons | {"NORTH", "START"}, left_stick=(0.5, -1.0), right_stick=(-0.25, 0.75), right_trigger=1.0
+            )
+        self.seen.append((self.episode, frame.copy(), state))
+        return state
+
+
+def test_record_loads_unchanged(tmp_path: Path) -> None:
+    spy = Spy(BreakoutExpert(0))
+    with make_env("ale:Breakout") as env:
+        summary = record(env, spy, episodes=2, out_dir=tmp_path, seed=5, max_frames=60, shard_frames=50)
+    assert spy.seeds == [5, 6]
+    shards = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert shards == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info == summary
+    assert info["env"] == "ale:Breakout" and info["agent"] == "spy-scripted-breakout"
+    assert info["frames"] == 120 and info["episode_frames"] == [60, 60] and info["seeds"] == [5, 6]
+    assert info["complete"] is True and len(info["scores"]) == 2
+
+    ds = load_gameplay(tmp_path / "data")
+    assert len(ds) == 120
+    expected_cols = ["image", *BUTTON_COLUMNS, "j_left", "j_right", "episode_id", "frame", "reward", "score", "game"]
+    assert sorted(ds.column_names) == sorted(expected_cols)
+    rows = ds[:]
+    assert rows["episode_id"] == [0] * 60 + [1] * 60
+    assert rows["frame"] == list(range(60)) * 2
+    assert set(rows["game"]) == {"ale:Breakout"}
+    for ep in (0, 1):
+        ep_scores = [s for s, e in zip(rows["score"], rows["episode_id"], strict=True) if e == ep]
+        ep_rewards = [r for r, e in zip(rows["reward"], rows["episode_id"], strict=True) if e == ep]
+        assert ep_scores == pytest.approx(np.cumsum(ep_rewards).tolist())
+        assert ep_scores[-1] == pytest.approx(info["scores"][ep])
+
+    for i, (ep, frame, state) in enumerate(spy.seen):
+        assert rows["episode_id"][i] == ep
+        for name, col in zip(
+            ("SOUTH", "NORTH", "START", "DPAD_LEFT", "DPAD_RIGHT"),
+            ("south", "north", "start", "dpad_left", "dpad_right"),
+            strict=True,
+        ):
+            assert rows[col][i] == (name in state.buttons), (i, col)
+        assert rows["right_trigger"][i] == (state.right_trigger >= 0.5)
+        assert rows["left_trigger"][i] is False
+        assert rows["j_left"][i] == pytest.approx(list(state.left_stick))
+        assert rows["j_right"][i] == pytest.approx(list(state.right_stick))
+        if i % 20 == 0:  # image decode is the slow part; spot-check a spread of rows
+            np.testing.assert_array_equal(np.asarray(ds[i]["image"].convert("RGB")), frame)
+    assert any(s.pressed("SOUTH") for _, _, s in spy.seen)  # the expert served the ball
+
+    windows = GameplayDataset(ds, WindowConfig(action_shift=3, action_horizon=18))
+    assert len(windows) == 2 * (60 - 21 + 1)  # windows never cross an episode boundary
+    item = windows[0]
+    assert item["actions"].shape == (18, 25)
+    _, action_rows = windows.window_rows(0)
+    expected = np.stack([spy.seen[r][2].to_action_vector() for r in action_rows])
+    np.testing.assert_allclose(item["actions"].numpy(), expected, atol=1e-6)  # all 25 dims, virtual ones too
+
+
+def test_crash_keeps_completed_shards(tmp_path: Path) -> None:
+    spy = Spy(BreakoutExpert(0), fail_at=75)
+    with make_env("ale:Breakout") as env, pytest.raises(RuntimeError, match="simulated crash"):
+        record(env, spy, episodes=3, out_dir=tmp_path, max_frames=60, shard_frames=25)
+    names = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert names == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]  # 75 rows
+    ds = load_gameplay(tmp_path / "data")
+    assert len(ds) == 75
+    assert ds["episode_id"] == [0] * 60 + [1] * 15
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["complete"] is False and info["rows_written"] == 75
+    np.testing.assert_array_equal(np.asarray(ds[74]["image"].convert("RGB")), spy.seen[74][1])
+    with make_env("ale:Breakout") as env, pytest.raises(FileExistsError):  # never mixes runs
+        record(env, BreakoutExpert(0), episodes=1, out_dir=tmp_path, max_frames=5)
+
+
+class EnvSpy:
+    """Wraps an env and remembers the states it was stepped with (what was executed)."""
+
+    def __init__(self, env: Any) -> None:
+        self.env, self.executed = env, []
+        self.spec_id, self.fps = env.spec_id, env.fps
+
+    def reset(self, seed: int | None = None):
+        return self.env.reset(seed=seed)
+
+    def step(self, state: GamepadState):
+        self.executed.append(state)
+        return self.env.step(state)
+
+
+class Still:
+    """An agent that never presses anything."""
+
+    name = "still"
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        return GamepadState()
+
+
+def test_explore_plays_random_bursts_but_records_the_agents_actions(tmp_path: Path) -> None:
+    with make_env("ale:Breakout") as env:
+        spy = EnvSpy(env)
+        info = record(spy, Still(), episodes=2, out_dir=tmp_path / "a", seed=3, max_frames=200, explore=0.05)
+        executed = spy.executed
+        spy.executed = []
+        again = record(spy, Still(), episodes=2, out_dir=tmp_path / "b", seed=3, max_frames=200, explore=0.05)
+    moved = sum(1 for s in executed if s.buttons)
+    assert info["explored_frames"] > 0 and moved > 0  # random actions reached the game...
+    assert moved <= info["explored_frames"] <= sum(info["episode_frames"])
+    rows = load_gameplay(tmp_path / "a" / "data")[:]
+    assert not any(any(rows[c]) for c in BUTTON_COLUMNS)  # ...but every row is the agent's (nothing)
+    assert spy.executed == executed and again["explored_frames"] == info["explored_frames"]  # seeded
+    with make_env("ale:Breakout") as env, pytest.raises(ValueError, match="explore"):
+        record(env, Still(), episodes=1, out_dir=tmp_path / "c", explore=1.0)

@@ -1,0 +1,110 @@
+"""CURVE key files: generate, load, refuse to overwrite, keep secrets private."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+
+from nitrogen.serving.keys import ClientCurve, CurveKeys, generate_keys, load_keypair, load_public
+
+
+def test_generate_layout_and_load(tmp_path: Path) -> None:
+    paths = generate_keys(tmp_path / "keys", clients=2)
+    root = tmp_path / "keys"
+    assert paths.server_public == root / "server.key"
+    assert paths.server_secret == root / "server.key_secret"
+    assert paths.client_public == (root / "clients" / "client-1.key", root / "clients" / "client-2.key")
+    assert paths.client_secret == tuple(root / "client_secrets" / f"client-{i}.key_secret" for i in (1, 2))
+    # The allow-list folder holds public keys only; no staging leftovers.
+    assert sorted(p.name for p in paths.clients_dir.iterdir()) == ["client-1.key", "client-2.key"]
+    assert sorted(p.name for p in root.iterdir()) == ["client_secrets", "clients", "server.key", "server.key_secret"]
+
+    server = load_keypair(paths.server_secret)
+    assert isinstance(server, CurveKeys) and len(server.public) == len(server.secret) == 40
+    assert zmq.curve_public(server.secret) == server.public
+    assert load_public(paths.server_public) == server.public
+    assert load_public(paths.server_secret) == server.public
+    assert "<hidden>" in repr(server) and server.secret.decode() not in repr(server)
+
+    clients = [load_keypair(p) for p in paths.client_secret]
+    assert [load_public(p) for p in paths.client_public] == [c.public for c in clients]
+    assert len({server.public, *(c.public for c in clients)}) == 3
+
+    curve = ClientCurve.from_files(paths.client_secret[1], paths.server_public)
+    assert curve.client == clients[1] and curve.server_public == server.public
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_secret_files_are_private(tmp_path: Path) -> None:
+    paths = generate_keys(tmp_path, clients=1)
+    for secret in (paths.server_secret, *paths.client_secret):
+        assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600, secret
+
+
+def test_refuses_to_overwrite(tmp_path: Path) -> None:
+    paths = generate_keys(tmp_path)
+    before = {p: p.read_bytes() for p in (paths.server_public, paths.server_secret)}
+    with pytest.raises(FileExistsError, match="server.key"):
+        generate_keys(tmp_path)
+    assert {p: p.read_bytes() for p in before} == before
+
+    # A single clashing client file also stops everything before anything is written.
+    other = tmp_path / "other"
+    (other / "client_secrets").mkdir(parents=True)
+    (other / "client_secrets" / "client-2.key_secret").write_text("mine")
+    with pytest.raises(FileExistsError, match="client-2.key_secret"):
+        generate_keys(other, clients=2)
+    assert not (other / "server.key").exists()
+    assert (other / "client_secrets" / "client-2.key_secret").read_text() == "mine"
+
+
+def test_zero_clients_and_bad_count(tmp_path: Path) -> None:
+    paths = generate_keys(tmp_path, clients=0)
+    assert paths.client_public == () and paths.server_secret.is_file()
+    with pytest.raises(ValueError, match="clients"):
+        generate_keys(tmp_path / "x", clients=-1)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    paths = generate_keys(tmp_path / "keys")
+    missing = tmp_path / "nope.key_secret"
+    with pytest.raises(ValueError, match="nope.key_secret"):
+        load_keypair(missing)
+    with pytest.raises(ValueError, match="nope.key_secret"):
+        load_public(missing)
+
+    junk = tmp_path / "junk.key"
+    junk.write_text("this is not a certificate\n")
+    with pytest.raises(ValueError, match="junk.key"):
+        load_public(junk)
+
+    short = tmp_path / "short.key"
+    short.write_text('curve\n    public-key = "abc"\n')
+    with pytest.raises(ValueError, match="short.key"):
+        load_public(short)
+
+    bad_chars = tmp_path / "chars.key"
+    for text in ("~" * 40, "#" * 40):  # not a Z85 character; a 5-character group above 2**32
+        bad_chars.write_text(f'curve\n    public-key = "{text}"\n')
+        with pytest.raises(ValueError, match="chars.key"):
+            load_public(bad_chars)
+
+    with pytest.raises(ValueError, match="no secret key"):
+        load_keypair(paths.server_public)
+
+    mismatched = tmp_path / "mismatched.key_secret"
+    client = load_keypair(paths.client_secret[0])
+    server_public = load_public(paths.server_public)
+    mismatched.write_text(
+        f'curve\n    public-key = "{server_public.decode()}"\n    secret-key = "{client.secret.decode()}"\n'
+    )
+    with pytest.raises(ValueError, match="does not match"):
+        load_keypair(mismatched)
+
+    with pytest.raises(ValueError, match="keys"):
+        load_public(tmp_path / "keys")  # a folder, not a file

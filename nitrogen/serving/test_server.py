@@ -1,0 +1,402 @@
+"""The server over real ZeroMQ sockets on free loopback ports, with the tiny golden checkpoints."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nitrogen import InferenceSession
+from nitrogen.serving import protocol
+from nitrogen.serving.client import ModelClient, ServerError
+from nitrogen.inference.engine import PolicyEngine
+from nitrogen.serving.server import InferenceServer, ServerConfig
+
+
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+    return {name: np.load(golden_dir / f"{name}.npz") for name in ("released_layout", "two_frames_cfg_sinusoidal")}
+
+
+@pytest.fixture(scope="module")
+def engine(golden_dir):
+    return PolicyEngine.from_checkpoint(golden_dir / "released_layout.pt", device="cpu")
+
+
+@pytest.fixture()
+def server(engine):
+    with InferenceServer(engine, ServerConfig(port=0, batch_wait_ms=1)) as srv:
+        yield srv
+
+
+def _request(sock: zmq.Socket, message: dict, timeout_ms: int = 10_000) -> dict:
+    sock.send(protocol.encode(message))
+    assert sock.poll(timeout_ms), "no reply"
+    return protocol.decode(sock.recv())
+
+
+def _socket(ctx: zmq.Context, address: str, kind: int = zmq.REQ, identity: bytes | None = None) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if identity:
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.connect(address)
+    return sock
+
+
+def test_predictions_equal_the_in_process_session(server, golden, golden_dir):
+    z = golden["released_layout"]
+    local = InferenceSession.from_checkpoint(golden_dir / "released_layout.pt", device="cpu")
+    with ModelClient(server.address, timeout_s=20) as client:
+        for i in range(2):
+            remote = client.predict(z[f"image_{i}"], noise=z[f"noise_{i}"])
+            want = local.predict(z[f"image_{i}"], noise=z[f"noise_{i}"])
+            np.testing.assert_allclose(remote.action_tensor, want.action_tensor, atol=1e-5)
+            np.testing.assert_array_equal(remote.buttons, want.buttons)
+            assert np.abs(remote.action_tensor - z[f"action_tensor_{i}"]).max() <= 1e-4
+            assert remote.timing_ms["server_ms"] > 0 and "queue_ms" in remote.timing_ms
+        # A seed through the protocol draws the same noise as a session seeded alike.
+        seeded = client.predict(z["image_0"], seed=11)
+    again = InferenceSession.from_checkpoint(golden_dir / "released_layout.pt", device="cpu", seed=11)
+    np.testing.assert_allclose(seeded.action_tensor, again.predict(z["image_0"]).action_tensor, atol=1e-5)
+
+
+def test_clients_have_independent_histories_and_reset_only_their_own(golden_dir, golden):
+    path = golden_dir / "two_frames_cfg_sinusoidal.pt"
+    z = golden["two_frames_cfg_sinusoidal"]
+    engine = PolicyEngine.from_checkpoint(path, device="cpu")
+    noise = z["noise_1"]
+    with InferenceServer(engine, ServerConfig(port=0, cfg_scale=2.0)) as srv:
+        with ModelClient(srv.address) as a, ModelClient(srv.address) as b:
+            a.predict(z["image_0"], noise=noise)
+            a_two = a.predict(z["image_1"], noise=noise)
+            b_one = b.predict(z["image_1"], noise=noise)
+            b.reset()
+            assert a.info()["session"]["frames_in_history"] == 2
+            assert b.info()["session"]["frames_in_history"] == 0
+    np.testing.assert_allclose(a_two.action_tensor, z["action_tensor_1"], atol=1e-4)
+    fresh = InferenceSession.from_checkpoint(path, device="cpu", cfg_scale=2.0).predict(z["image_1"], noise=noise)
+    np.testing.assert_allclose(b_one.action_tensor, fresh.action_tensor, atol=1e-5)
+    assert not np.allclose(a_two.action_tensor, b_one.action_tensor)
+
+
+def test_concurrent_clients_are_batched_and_match_sequential_results(engine, golden):
+    z = golden["released_layout"]
+    frames = [np.ascontiguousarray(np.roll(z["image_0"], 17 * k, axis=1)) for k in range(4)]
+    noises = [np.random.default_rng(k).standard_normal((18, 25)).astype(np.float32) for k in range(4)]
+    results: dict[int, np.ndarray] = {}
+    sizes: list[int] = []
+    barrier = threading.Barrier(4)
+    with InferenceServer(engine, ServerConfig(port=0, batch_wait_ms=200, max_batch=8)) as srv:
+
+        def run(k: int) -> None:
+            ctx = zmq.Context.instance()
+            sock = _socket(ctx, srv.address)
+            barrier.wait()
+            reply = _request(sock, {"v": 1, "type": "predict", "id": k, "frame": frames[k], "noise": noises[k]})
+            sock.close()
+            results[k] = reply["pred"]["action_tensor"]
+            sizes.append(reply["batch_size"])
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert max(sizes) > 1, f"requests were never batched: {sizes}"
+    for k in range(4):
+        alone = InferenceSession.from_checkpoint(engine.checkpoint.path, device="cpu").predict(
+            frames[k], noise=noises[k]
+        )
+        np.testing.assert_allclose(results[k], alone.action_tensor, atol=1e-5)
+
+
+def test_bad_requests_get_errors_and_the_server_keeps_serving(server, golden):
+    ctx = zmq.Context.instance()
+    sock = _socket(ctx, server.address)
+    z = golden["released_layout"]
+    cases = [
+        ({"v": 1, "type": "predict", "frame": z["image_0"].astype(np.float32)}, "uint8"),
+        ({"v": 1, "type": "predict", "frame": z["image_0"][:, :, :2]}, r"\(H, W, 3\)"),
+        ({"v": 1, "type": "predict"}, "needs 'frame'"),
+        ({"v": 2, "type": "ping"}, "unsupported protocol version"),
+        ({"v": 1, "type": "launch"}, "unknown request type"),
+        ({"v": 1, "type": "predict", "frame": z["image_0"], "noise": np.zeros((3, 25), np.float32)}, "noise"),
+        ({"v": 1, "type": "predict", "frame": z["image_0"], "game": "zelda"}, "no game mapping"),
+    ]
+    for message, expected in cases:
+        reply = _request(sock, message)
+        assert reply["status"] == "error", message
+        assert re.search(expected, reply["error"]), reply["error"]
+    full = protocol.encode({"v": 1, "type": "predict", "frame": z["image_0"]})
+    for payload, expected in ((full[: len(full) // 2], "msgpack"), (b"\x01", "map"), (b"", "msgpack")):
+        sock.send(payload)
+        assert sock.poll(5000)
+        reply = protocol.decode(sock.recv())
+        assert reply["status"] == "error" and expected in reply["error"]
+    assert _request(sock, {"v": 1, "type": "ping", "id": "still-alive"})["id"] == "still-alive"
+    sock.close()
+
+
+def test_oversized_messages_are_dropped_by_zeromq(engine, golden):
+    z = golden["released_layout"]
+    with InferenceServer(engine, ServerConfig(port=0, max_message_bytes=300_000)) as srv:
+        ctx = zmq.Context.instance()
+        big = _socket(ctx, srv.address, zmq.DEALER)
+        big.send(protocol.encode({"v": 1, "type": "predict", "frame": np.zeros((600, 600, 3), np.uint8)}))
+        other = _socket(ctx, srv.address)
+        reply = _request(other, {"v": 1, "type": "predict", "frame": z["image_0"], "noise": z["noise_0"]})
+        assert reply["status"] == "ok"
+        np.testing.assert_allclose(reply["pred"]["action_tensor"], z["action_tensor_0"], atol=1e-4)
+        assert not big.poll(200), "an oversized message must not be answered"
+        big.close()
+        other.close()
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzzed_payloads_never_take_the_server_down(fuzz_server, data):
+    sock, valid = fuzz_server
+    kind = data.draw(st.sampled_from(["random", "mutated", "structured"]))
+    if kind == "random":
+        payload = data.draw(st.binary(max_size=512))
+    elif kind == "mutated":
+        raw = bytearray(valid)
+        for _ in range(data.draw(st.integers(1, 8))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+        payload = bytes(raw[: data.draw(st.integers(0, len(raw)))])
+    else:
+        json_like = st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**63), 2**64 - 1)
+            | st.floats()
+            | st.text(max_size=8)
+            | st.binary(max_size=16),
+            lambda children: (
+                st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+            ),
+            max_leaves=12,
+        )
+        message = data.draw(st.dictionaries(st.sampled_from(["v", "type", "frame", "noise", "seed", "id"]), json_like))
+        payload = protocol.encode(message)
+    sock.send(payload)
+    assert sock.poll(10_000), f"no reply to {payload[:40]!r}"  # every addressable message is answered
+    reply = protocol.decode(sock.recv())
+    assert reply["status"] in ("ok", "error")
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(engine, golden):
+    z = golden["released_layout"]
+    valid = protocol.encode({"v": 1, "type": "predict", "id": 1, "frame": z["image_0"][:32, :32], "seed": 1})
+    with InferenceServer(engine, ServerConfig(port=0, batch_wait_ms=0)) as srv:
+        ctx = zmq.Context.instance()
+        sock = _socket(ctx, srv.address, zmq.DEALER, identity=b"fuzzer")
+        yield sock, valid
+        # After thousands of hostile payloads, another client still gets a correct answer.
+        other = _socket(ctx, srv.address)
+        reply = _request(other, {"v": 1, "type": "predict", "frame": z["image_0"], "noise": z["noise_0"]})
+        assert reply["status"] == "ok"
+        np.testing.assert_allclose(reply["pred"]["action_tensor"], z["action_tensor_0"], atol=1e-4)
+        assert srv.stats.snapshot()["errors"] > 100
+        sock.close()
+        other.close()
+
+
+def test_curve_round_trip_and_unknown_keys_get_no_answer(engine, tmp_path, golden):
+    from nitrogen.serving.keys import ClientCurve, generate_keys
+
+    keys = generate_keys(tmp_path / "keys")
+    strangers = generate_keys(tmp_path / "strangers")
+    z = golden["released_layout"]
+    with InferenceServer(engine, ServerConfig(port=0, curve_dir=tmp_path / "keys")) as srv:
+        allowed = ClientCurve.from_files(keys.client_secret[0], keys.server_public)
+        with ModelClient(srv.address, curve=allowed, timeout_s=10) as client:
+            out = client.predict(z["image_0"], noise=z["noise_0"])
+        np.testing.assert_allclose(out.action_tensor, z["action_tensor_0"], atol=1e-4)
+        unknown = ClientCurve.from_files(strangers.client_secret[0], keys.server_public)
+        with ModelClient(srv.address, curve=unknown, timeout_s=0.5, retries=1) as client, pytest.raises(TimeoutError):
+            client.ping()
+        plain = _socket(zmq.Context.instance(), srv.address)
+        plain.send(protocol.encode({"v": 1, "type": "ping"}))
+        assert not plain.poll(500), "a client without CURVE must get no answer"
+        plain.close()
+
+
+class _RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_legacy_pickle_clients(engine, golden, tmp_path):
+    z = golden["released_layout"]
+    with InferenceServer(engine, ServerConfig(port=0, legacy_pickle=True)) as srv:
+        sock = _socket(zmq.Context.instance(), srv.address)
+        sock.send(pickle.dumps({"type": "predict", "image": z["image_0"]}))
+        assert sock.poll(10_000)
+        reply = pickle.loads(sock.recv())
+        assert reply["status"] == "ok" and set(reply["pred"]) == {"j_left", "j_right", "buttons"}
+        assert reply["pred"]["buttons"].shape == (18, 21)
+        for kind in ("info", "reset"):
+            sock.send(pickle.dumps({"type": kind}))
+            assert sock.poll(5000)
+            assert pickle.loads(sock.recv())["status"] == "ok"
+        marker = tmp_path / "pwned"
+        sock.send(pickle.dumps({"type": "predict", "image": _RunsACommand(marker)}))
+        assert sock.poll(5000)
+        refused = pickle.loads(sock.recv())
+        assert refused["status"] == "error" and "posix.system" in refused["message"]
+        assert not marker.exists()
+        # msgpack clients are still served on the same socket.
+        assert _request(sock, {"v": 1, "type": "ping"})["status"] == "ok"
+        sock.close()
+
+
+def test_legacy_pickle_is_off_by_default(server, tmp_path):
+    sock = _socket(zmq.Context.instance(), server.address)
+    sock.send(pickle.dumps({"type": "info"}))
+    assert sock.poll(5000)
+    assert protocol.decode(sock.recv())["status"] == "error"
+    sock.close()
+
+
+def test_restarted_server_client_reconnects(golden_dir, golden):
+    z = golden["released_layout"]
+    engine = PolicyEngine.from_checkpoint(golden_dir / "released_layout.pt", device="cpu")
+    first = InferenceServer(engine, ServerConfig(port=0)).start()
+    address = first.address
+    port = int(address.rsplit(":", 1)[1])
+    client = ModelClient(address, timeout_s=1.0, retries=5)
+    try:
+        assert client.predict(z["image_0"], noise=z["noise_0"]).horizon == 18
+        first.stop()
+        second = InferenceServer(engine, ServerConfig(port=port)).start()
+        try:
+            out = client.predict(z["image_0"], noise=z["noise_0"])
+            np.testing.assert_allclose(out.action_tensor, z["action_tensor_0"], atol=1e-4)
+        finally:
+            second.stop()
+    finally:
+        client.close()
+
+
+def test_shutdown_answers_requests_in_flight(engine, golden):
+    z = golden["released_layout"]
+    srv = InferenceServer(engine, ServerConfig(port=0, batch_wait_ms=300)).start()
+    sock = _socket(zmq.Context.instance(), srv.address)
+    sock.send(protocol.encode({"v": 1, "type": "predict", "frame": z["image_0"], "noise": z["noise_0"]}))
+    while srv._jobs.empty() and srv._inflight == 0:
+        sock.poll(1)
+    srv.stop()
+    assert sock.poll(5000), "the request in flight was not answered"
+    assert protocol.decode(sock.recv())["status"] == "ok"
+    sock.close()
+
+
+def test_sessions_are_bounded_and_expire(engine, golden):
+    z = golden["released_layout"]
+    ctx = zmq.Context.instance()
+    with InferenceServer(engine, ServerConfig(port=0, max_sessions=2, session_ttl_s=3600)) as srv:
+        socks = [_socket(ctx, srv.address, identity=f"c{k}".encode()) for k in range(3)]
+        for sock in socks:
+            assert _request(sock, {"v": 1, "type": "predict", "frame": z["image_0"], "seed": 0})["status"] == "ok"
+        assert list(srv.sessions) == [b"c1", b"c2"]
+        srv.config.session_ttl_s = 1e-9
+        srv._expire_sessions()
+        assert not srv.sessions
+        for sock in socks:
+            sock.close()
+
+
+def test_exposure_rules():
+    with pytest.raises(ValueError, match="CURVE keys"):
+        ServerConfig(host="0.0.0.0")
+    with pytest.raises(ValueError, match="legacy-pickle"):
+        ServerConfig(host="0.0.0.0", insecure=True, legacy_pickle=True)
+    assert ServerConfig(host="0.0.0.0", insecure=True).insecure
+    assert ServerConfig(host="::1").host == "::1"
+    assert ServerConfig().host == "127.0.0.1"
+
+
+def test_server_error_surfaces_in_the_client(server, golden):
+    with ModelClient(server.address) as client, pytest.raises(ServerError, match="noise"):
+        client.predict(golden["released_layout"]["image_0"], noise=np.zeros((18, 24), np.float32))
+
+
+def test_stats_line_is_logged(engine, golden, caplog):
+    z = golden["released_layout"]
+    with caplog.at_level("INFO", logger="nitrogen.serving.server"):
+        with InferenceServer(engine, ServerConfig(port=0, stats_interval_s=0.05)) as srv:
+            with ModelClient(srv.address) as client:
+                client.predict(z["image_0"], seed=0)
+                client.ping()
+            deadline = time.monotonic() + 5
+            while "predictions=1 " not in caplog.text and time.monotonic() < deadline:
+                threading.Event().wait(0.05)
+    line = [r.getMessage() for r in caplog.records if "predictions=1 " in r.getMessage()][-1]
+    assert re.search(r"requests=\d+ predictions=1 errors=0 sessions=1 batches=1 mean_batch=1.00 max_batch=1", line)
+    assert re.search(r"p50=\d+\.\dms p95=\d+\.\dms", line)
+
+
+def test_serve_command_starts_answers_and_stops_on_sigterm(golden_dir, golden):
+    import signal
+    import subprocess
+    import sys
+
+    z = golden["released_layout"]
+    cmd = [sys.executable, "-m", "nitrogen.cli", "serve", str(golden_dir / "released_layout.pt"), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        address = None
+        for line in proc.stdout:
+            match = re.search(r"tcp://127\.0\.0\.1:\d+", line)
+            if match:
+                address = match.group(0)
+                break
+        assert address, "the server did not print its address"
+        with ModelClient(address, timeout_s=30) as client:
+            out = client.predict(z["image_0"], noise=z["noise_0"])
+        np.testing.assert_allclose(out.action_tensor, z["action_tensor_0"], atol=1e-4)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest
+        assert "stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_pipelined_requests_from_one_client_keep_their_order(golden_dir, golden):
+    # A DEALER may send several predicts without waiting; each must see the history before it.
+    path = golden_dir / "two_frames_cfg_sinusoidal.pt"
+    z = golden["two_frames_cfg_sinusoidal"]
+    engine = PolicyEngine.from_checkpoint(path, device="cpu")
+    with InferenceServer(engine, ServerConfig(port=0, cfg_scale=2.0, batch_wait_ms=100)) as srv:
+        sock = _socket(zmq.Context.instance(), srv.address, zmq.DEALER, identity=b"pipeliner")
+        for i in range(2):
+            sock.send(
+                protocol.encode(
+                    {"v": 1, "type": "predict", "id": i, "frame": z[f"image_{i}"], "noise": z[f"noise_{i}"]}
+                )
+            )
+        replies = {}
+        for _ in range(2):
+            assert sock.poll(10_000)
+            reply = protocol.decode(sock.recv())
+            replies[reply["id"]] = reply
+        sock.close()
+    for i in range(2):
+        np.testing.assert_allclose(replies[i]["pred"]["action_tensor"], z[f"action_tensor_{i}"], atol=1e-4)
