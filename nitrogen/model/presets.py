@@ -41,7 +41,7 @@ class ModelPreset:
     vision_layers: int
     vision_mlp: int
     patch: int
-    """Vision patch size; a 256x256 frame gives (256 / patch)^2 tokens."""
+    """Vision patch size; a frame of the encoder's ``image_size`` gives (image_size / patch)^2 tokens."""
     mixer_layers: int
     dit_layers: int
     dropout: float = 0.0
@@ -54,18 +54,29 @@ class ModelPreset:
     """Start of the vision tower's learned position table: SigLIP's small random values, or a 2-D
     sine-cosine table (:func:`sincos_positions`) that tells the patches apart from the first step."""
     encoder_name: str = "google/siglip2-base-patch16-256"
-    """Registered SigLIP whose activation and norm epsilon the reduced tower keeps."""
+    """Registered SigLIP whose activation, norm epsilon and input size (:attr:`image_size`) the
+    reduced tower keeps."""
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
-        if 256 % self.patch:
-            raise ValueError(f"patch {self.patch} does not divide the 256-pixel frame")
+        if self.image_size % self.patch:
+            raise ValueError(f"patch {self.patch} does not divide the {self.image_size}-pixel frame of {self.encoder_name}")
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square frame the tower takes: the encoder's own."""
+        return lookup_spec(self.encoder_name).image_size
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of a frame."""
+        return self.image_size // self.patch
 
     @property
     def tokens_per_frame(self) -> int:
-        return (256 // self.patch) ** 2
+        return self.grid**2
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -141,7 +152,7 @@ def vision_spec(preset: ModelPreset) -> VisionSpec:
         num_heads=preset.heads,
         mlp_size=preset.vision_mlp,
         patch_size=preset.patch,
-        image_size=256,
+        image_size=preset.image_size,
     )
 
 
@@ -173,6 +184,6 @@ def init_checkpoint(preset: ModelPreset | str, seed: int = 0) -> RawCheckpoint:
     if p.position_init == "sincos":
         table = model.vision_encoder.embeddings.position_embedding.weight  # (P, D)
         with torch.no_grad():
-            table.copy_(sincos_positions(256 // p.patch, p.width))
+            table.copy_(sincos_positions(p.grid, p.width))
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     return RawCheckpoint(config=config, state_dict=state, game_mapping=None)

@@ -46,7 +46,7 @@ def test_preset_config_matches_the_sizes():
     assert cfg.model_cfg.hidden_size == p.width
     assert cfg.model_cfg.diffusion_model_cfg.num_layers == p.dit_layers
     assert cfg.modality_cfg.action_shift == p.action_shift
-    assert cfg.tokenizer_cfg.num_visual_tokens_per_frame == (256 // p.patch) ** 2
+    assert cfg.tokenizer_cfg.num_visual_tokens_per_frame == (p.image_size // p.patch) ** 2
 
 
 def test_the_agent_preset_fits_the_40_mb_budget():
