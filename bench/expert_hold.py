@@ -28,7 +28,8 @@ import numpy as np
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
 from nitrogen.envs import make_env
-from nitrogen.runtime.experts import EXPERTS, make_agent
+from nitrogen.runtime.agents import make_agent
+from nitrogen.runtime.experts import EXPERTS
 
 
 class Blurred:

@@ -7,7 +7,7 @@ generic planner (:class:`nitrogen.runtime.experts.LookaheadExpert` over all the 
 lost lives only, the game's own action order as the tie-break) deciding every ``--hold`` frames,
 as a clone playing ``--hold`` actions per chunk would. Per game:
 
-* ``random``: :class:`nitrogen.runtime.experts.RandomAgent`, mean over ``--seeds`` seeds;
+* ``random``: :class:`nitrogen.runtime.agents.RandomAgent`, mean over ``--seeds`` seeds;
 * ``best held``: the best of the game's actions held for the whole episode, and its score;
 * ``planner``: the planner's score, then the share of its decisions that are its commonest action
   (near 1: it mostly waits, and what a clone must learn is the rare, timed exception);
@@ -31,7 +31,8 @@ from expert_hold import score  # bench/expert_hold.py: one episode's total rewar
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
 from nitrogen.envs import make_env
-from nitrogen.runtime.experts import LookaheadExpert, RandomAgent
+from nitrogen.runtime.agents import RandomAgent
+from nitrogen.runtime.experts import LookaheadExpert
 
 
 class Planner(LookaheadExpert):

@@ -25,7 +25,7 @@ from typing import Any
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
 from nitrogen.envs import make_env
-from nitrogen.runtime.experts import make_agent
+from nitrogen.runtime.agents import make_agent
 from nitrogen.gamepad import states_from_chunk
 from nitrogen.runtime.loop import policy_frame
 from nitrogen.inference.session import InferenceSession

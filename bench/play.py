@@ -28,7 +28,7 @@ import numpy as np
 from nitrogen.actions import BUTTON_INDEX
 from nitrogen.envs import make_env
 from nitrogen.runtime.loop import PlayConfig, play
-from nitrogen.policy import DelayedPolicy, ReplayPolicy
+from nitrogen.runtime.sources import DelayedPolicy, ReplayPolicy
 
 
 def fire_actions(n: int) -> np.ndarray:

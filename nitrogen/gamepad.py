@@ -16,8 +16,9 @@ mapping, the recorder and :meth:`GamepadState.to_action_vector` use, and :func:`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -124,6 +125,20 @@ class GamepadState:
         whose axis is at least :data:`~nitrogen.actions.BUTTON_THRESHOLD` (the model's triggers are buttons)."""
         triggers = {"LEFT_TRIGGER": self.left_trigger, "RIGHT_TRIGGER": self.right_trigger}
         return self.buttons | {name for name, v in triggers.items() if v >= BUTTON_THRESHOLD}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> GamepadState:
+        """The inverse of :meth:`to_dict` (a line of a run's ``actions.jsonl``); validates like the constructor."""
+        try:
+            return cls(
+                buttons=frozenset(str(b) for b in doc.get("buttons", ())),
+                left_stick=(float(doc.get("left_stick", (0, 0))[0]), float(doc.get("left_stick", (0, 0))[1])),
+                right_stick=(float(doc.get("right_stick", (0, 0))[0]), float(doc.get("right_stick", (0, 0))[1])),
+                left_trigger=float(doc.get("left_trigger", 0.0)),
+                right_trigger=float(doc.get("right_trigger", 0.0)),
+            )
+        except (TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"not a pad state: {exc}") from None
 
     def to_action_vector(self) -> np.ndarray:
         """Back to the model's 25-dim layout through :func:`pack_pad` (virtual buttons from the right stick)."""

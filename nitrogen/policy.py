@@ -4,18 +4,15 @@ A :class:`Policy` turns frames into :class:`ActionChunk`\ s and describes itself
 :class:`PolicySpec`: how many actions a chunk holds, how many frames after its observation the
 first one is meant for, the square frame size it looks at, its step rate, its button order and its
 games. The local :class:`~nitrogen.inference.session.InferenceSession`, the remote
-:class:`~nitrogen.serving.client.ModelClient` (from the server's ``info``), :class:`ReplayPolicy`
+:class:`~nitrogen.serving.client.ModelClient` (from the server's ``info``), the replay
 and the scripted, random and human agents (through one adapter in :mod:`nitrogen.runtime.sources`)
 all carry one. This module needs only numpy and pydantic.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -139,62 +136,3 @@ class Policy(Protocol):
     def close(self) -> None:
         """Release what the policy holds (a socket, a window); safe to call twice."""
         ...
-
-
-class ReplayPolicy:
-    """Plays back recorded actions as chunks: a :class:`Policy` for replays and tests.
-
-    ``actions`` is an ``(N, 25)`` array of raw action vectors, or the path of a run's
-    ``actions.jsonl`` (each line's ``"action"`` vector). Each ``predict`` returns the next
-    ``horizon`` actions, ignoring the frame; after the end it returns neutral actions.
-    """
-
-    def __init__(self, actions: np.ndarray | str | Path, horizon: int = 18):
-        if isinstance(actions, (str, Path)):
-            rows = []
-            with open(actions) as f:
-                for i, line in enumerate(f):
-                    record = json.loads(line)
-                    if "action" not in record:
-                        raise ValueError(f"{actions}:{i + 1}: no 'action' vector in this line")
-                    rows.append(record["action"])
-            actions = np.asarray(rows, dtype=np.float32).reshape(-1, ACTION_DIM)
-        self.actions = np.asarray(actions, dtype=np.float32)
-        if self.actions.ndim != 2 or self.actions.shape[1] != ACTION_DIM:
-            raise ValueError(f"recorded actions must be (N, {ACTION_DIM}), got {self.actions.shape}")
-        self.horizon = horizon
-        self.position = 0
-
-    def predict(self, frame: Any) -> ActionChunk:
-        chunk = np.tile(_NEUTRAL_ACTION, (self.horizon, 1))
-        part = self.actions[self.position : self.position + self.horizon]
-        chunk[: len(part)] = part
-        self.position += self.horizon
-        return ActionChunk.from_action_tensor(chunk)
-
-    def reset(self) -> None:
-        self.position = 0
-
-    def info(self) -> dict[str, Any]:
-        return {"policy": "replay", "actions": int(self.actions.shape[0]), "action_horizon": self.horizon}
-
-
-class DelayedPolicy:
-    """Wraps a policy and adds a fixed latency to every prediction (to measure slow policies)."""
-
-    def __init__(self, policy: Policy, delay_s: float):
-        self.policy, self.delay_s = policy, float(delay_s)
-
-    def predict(self, frame: Any) -> ActionChunk:
-        time.sleep(self.delay_s)
-        return self.policy.predict(frame)
-
-    def reset(self) -> None:
-        self.policy.reset()
-
-    def info(self) -> dict[str, Any]:
-        return {**self.policy.info(), "added_delay_s": self.delay_s}
-
-
-_NEUTRAL_ACTION = np.zeros(ACTION_DIM, dtype=np.float32)
-_NEUTRAL_ACTION[NUM_BUTTONS:] = 0.5  # sticks centred, no button

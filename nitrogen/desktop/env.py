@@ -38,10 +38,12 @@ class DesktopGameEnv:
     def __init__(self, name: str, capture: _Capture, pad: _Pad, pauser: _Pauser | None = None, fps: float = 60.0):
         self.name, self.spec_id, self.fps = name, f"desktop:{name}", fps
         self.capture, self.pad, self.pauser = capture, pad, pauser
+        self.episode_seed: int | None = None
         self._closed = False
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Release every control and return the current frame (a live game has no reset)."""
+        self.episode_seed = seed
         self.pad.reset()
         return self.capture.grab(), {}
 

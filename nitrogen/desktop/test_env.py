@@ -10,7 +10,7 @@ import numpy as np
 from nitrogen.actions import BUTTON_INDEX
 from nitrogen.desktop import DesktopGameEnv, FakeUInputDevice, VirtualPad
 from nitrogen.runtime.loop import PlayConfig, play
-from nitrogen.policy import ReplayPolicy
+from nitrogen.runtime.sources import ReplayPolicy
 
 
 class _Screen:

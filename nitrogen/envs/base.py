@@ -19,7 +19,9 @@ observation is the game screen:
 
 Attributes: ``name`` (the game's display name), ``spec_id`` (the id :func:`nitrogen.envs.make_env`
 accepts, e.g. ``"ale:Breakout"``), ``fps`` (native frames per second: 60 for the Atari 2600, 50
-for CarRacing) and ``frame_shape``.
+for CarRacing), ``frame_shape`` and ``episode_seed`` (the seed of the last reset, or ``None``).
+``pause()`` / ``resume()`` stop and restart a live game's clock while a policy thinks; an
+emulated game only advances when stepped, so for it they do nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class GamepadEnv(ABC):
 
     def __init__(self, seed: int | None = None) -> None:
         self._initial_seed = seed
+        self.episode_seed: int | None = None
         self._needs_reset = True
         self._closed = False
 
@@ -71,9 +74,16 @@ class GamepadEnv(ABC):
         self._check_open()
         if seed is None:
             seed, self._initial_seed = self._initial_seed, None
+        self.episode_seed = seed
         frame, info = self._reset(seed)
         self._needs_reset = False
         return self._check_frame(frame), info
+
+    def pause(self) -> None:
+        """An emulated game waits between steps by itself: nothing to do."""
+
+    def resume(self) -> None:
+        """See :meth:`pause`."""
 
     def step(self, state: GamepadState) -> StepResult:
         """Hold ``state`` for one frame; returns ``(frame, reward, terminated, truncated, info)``."""

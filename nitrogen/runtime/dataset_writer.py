@@ -1,7 +1,7 @@
 """Record an agent's play as a fine-tuning dataset (parquet shards in the gameplay schema).
 
 >>> from nitrogen.envs import make_env
->>> from nitrogen.runtime.experts import make_agent
+>>> from nitrogen.runtime.agents import make_agent
 >>> with make_env("ale:Breakout") as env:                                   # doctest: +SKIP
 ...     summary = record(env, make_agent("scripted", "ale:Breakout"), episodes=2, out_dir="runs/bo")
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from .agents import Agent
 from ..data.schema import BUTTON_COLUMNS, PHYSICAL_BUTTONS
-from .experts import RandomAgent
+from .agents import RandomAgent
 from ..gamepad import GamepadState
 
 DATA_DIR = "data"

@@ -1,4 +1,4 @@
-"""Reference agents for recording gameplay: random play and scripted experts that read the emulator.
+"""Scripted experts that read the emulator: the reference players of recording and evaluation.
 
 The scripted experts look at the Atari RAM (via :meth:`nitrogen.envs.ale.AtariEnv.ram`) or plan
 on snapshots of the emulator (:class:`LookaheadExpert`: Freeway), never at the model, and
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from .agents import Agent
 from ..errors import NitrogenError
 from ..gamepad import NEUTRAL, GamepadState
 
@@ -36,15 +35,6 @@ LEFT = GamepadState(frozenset({"DPAD_LEFT"}))
 RIGHT = GamepadState(frozenset({"DPAD_RIGHT"}))
 FIRE_LEFT = GamepadState(frozenset({"DPAD_LEFT", "SOUTH"}))
 FIRE_RIGHT = GamepadState(frozenset({"DPAD_RIGHT", "SOUTH"}))
-
-_DIRECTIONS: tuple[frozenset[str], ...] = (
-    frozenset(),
-    frozenset({"DPAD_UP"}),
-    frozenset({"DPAD_DOWN"}),
-    frozenset({"DPAD_LEFT"}),
-    frozenset({"DPAD_RIGHT"}),
-)
-
 
 class NoExpertError(NitrogenError, ValueError, LookupError):
     """There is no scripted expert for this game.
@@ -59,41 +49,6 @@ def _ram(env: Any) -> np.ndarray:
     if hasattr(env, "ram"):
         return np.asarray(env.ram())
     return np.asarray(env.unwrapped.ale.getRAM())
-
-
-class RandomAgent:
-    """Random D-pad direction (or none) plus random FIRE, each choice held for 2-8 frames.
-
-    Holding a choice for a few frames makes the play look like a person's rather than
-    per-frame noise. ``seed`` makes it reproducible; :meth:`reset` with a seed re-seeds.
-    """
-
-    name = "random"
-
-    def __init__(self, seed: int | None = None, *, min_hold: int = 2, max_hold: int = 8) -> None:
-        if not 1 <= min_hold <= max_hold:
-            raise ValueError(f"need 1 <= min_hold <= max_hold, got {min_hold}, {max_hold}")
-        self.seed = seed
-        self.min_hold, self.max_hold = min_hold, max_hold
-        self._rng = np.random.default_rng(seed)
-        self._state = NEUTRAL
-        self._left = 0
-
-    def reset(self, env: Any, seed: int | None = None) -> None:
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        self._state = NEUTRAL
-        self._left = 0
-
-    def act(self, env: Any, frame: np.ndarray) -> GamepadState:
-        if self._left <= 0:
-            buttons = _DIRECTIONS[int(self._rng.integers(len(_DIRECTIONS)))]
-            if self._rng.random() < 0.5:
-                buttons = buttons | {"SOUTH"}
-            self._state = GamepadState(buttons)
-            self._left = int(self._rng.integers(self.min_hold, self.max_hold + 1))
-        self._left -= 1
-        return self._state
 
 
 class BreakoutExpert:
@@ -343,24 +298,3 @@ EXPERTS: dict[str, type[Agent]] = {
     "ale:Gopher": GopherExpert,
 }
 """Env id -> scripted expert class."""
-
-AGENT_KINDS: tuple[str, ...] = ("random", "scripted")
-
-
-def make_agent(spec: str, env_id: str, seed: int | None = None) -> Agent:
-    """An agent by name: ``"random"`` (any env) or ``"scripted"`` (an env in :data:`EXPERTS`).
-
-    ``env_id`` is matched case-insensitively (``"ale:breakout"`` works). Raises ``ValueError``
-    naming the valid choices for an unknown ``spec``, and :class:`NoExpertError` (a ``ValueError``) for
-    an env without a scripted expert.
-    """
-    kind = spec.strip().lower()
-    if kind == "random":
-        return RandomAgent(seed)
-    if kind == "scripted":
-        by_key = {key.lower(): cls for key, cls in EXPERTS.items()}
-        cls = by_key.get(env_id.strip().lower())
-        if cls is None:
-            raise NoExpertError(f"no scripted expert for env {env_id!r}; experts exist for {sorted(EXPERTS)}")
-        return cls(seed)
-    raise ValueError(f"unknown agent {spec!r}; expected one of {list(AGENT_KINDS)}")

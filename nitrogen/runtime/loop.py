@@ -1,13 +1,27 @@
-"""The agent loop: a policy plays a game through gamepad states, in sync or async mode.
+"""The one episode loop: a policy plays a game through gamepad states, in sync or async mode.
 
-``sync`` (the original's behaviour): the game waits while the policy thinks, then the whole chunk
-plays, one 60 Hz frame per action.
+Every command that plays (``play``, ``eval``, ``record``, ``demo``) runs :func:`run_episode`; what
+each one keeps of the episode is an :class:`Observer` (the run folder, the dataset writer, the
+progress line). The loop owns the timing rules, so they hold everywhere:
 
-``async`` (the default for live games): the game never waits. The next chunk is requested as soon
-as the previous one arrives, from the newest frame. When a chunk arrives, the actions whose time has
-already passed (the frames played since its observation) are skipped as stale, and execution
-switches to it. If the current chunk runs out first, the pad is held neutral (a starved frame).
-Embedded games are stepped on a wall clock at their frame rate, so they behave like live ones.
+* **Frames.** The policy sees the game frame squashed to its :attr:`PolicySpec.image_size` (the
+  tower's input size, from the checkpoint) by the one resize in
+  :mod:`nitrogen.inference.preprocessing`; a policy with ``image_size=None`` sees the frame as is.
+* **Time alignment.** Action ``k`` of a chunk observed at frame ``t`` is meant for frame
+  ``t + action_shift + k``. Each frame plays the action of the newest chunk meant for it; a frame
+  no chunk covers gets the neutral pad (a *starved* frame).
+* **Receding horizon.** ``actions_per_chunk`` (default: the whole chunk) actions of each chunk are
+  played before the next one takes over. The next observation is made ``action_shift`` frames
+  before that, so the new chunk's first action falls on the frame after the current chunk's last.
+
+``sync`` (the original's behaviour): the game waits (``env.pause()``) while the policy thinks. The
+first chunk of an episode starts at its own observation, since nothing else is there to play.
+
+``async`` (the default for live games): the game never waits. The next request is sent when the
+current chunk has played ``actions_per_chunk - action_shift`` actions (without
+``actions_per_chunk``, as soon as its first action plays). When a chunk arrives after its first frames
+have passed, those actions are *stale* and skipped. Embedded games are stepped on a wall clock at
+their frame rate, so they behave like live ones.
 """
 
 from __future__ import annotations
@@ -20,16 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..gamepad import MENU_BUTTONS, NEUTRAL, GamepadState, states_from_chunk
-from ..policy import ActionChunk, Policy
+from ..policy import ActionChunk, Policy, PolicySpec
 
-log = logging.getLogger("nitrogen.runtime.loop")
-
-POLICY_FRAME_SIZE = 256
+log = logging.getLogger("nitrogen.play")
 
 
 class StartupPress(BaseModel):
@@ -42,14 +53,14 @@ class StartupPress(BaseModel):
 
 
 class PlayConfig(BaseModel):
-    """Settings of :func:`play`; the defaults are those of ``nitrogen play``."""
+    """Settings of :func:`run_episode` and :func:`play`; the defaults are those of ``nitrogen play``."""
 
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["sync", "async"] = "async"
     max_frames: int | None = Field(None, ge=1, description="stop an episode after this many game frames")
     episodes: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, description="seed of episode 0; episode i uses seed + i")
     allow_menu: bool = Field(False, description="let START, GUIDE and BACK through")
     startup: list[StartupPress] = Field(default_factory=list, description="presses before the policy takes over")
     fps: float | None = Field(None, gt=0, description="the game clock (default: the game's own frame rate)")
@@ -62,25 +73,41 @@ class PlayConfig(BaseModel):
         None, ge=0, description="frames between an observation and its chunk's first action (default: the policy's)"
     )
     actions_per_chunk: int | None = Field(
-        None,
-        ge=1,
-        description="sync mode: play only the first N actions of each chunk, then ask again "
-        "(receding horizon; default: the whole chunk)",
+        None, ge=1, description="play only the first N actions of each chunk, then switch (default: the whole chunk)"
     )
+    explore: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="per-frame chance that a burst of random actions is executed instead of the policy's "
+        "(observers still see the policy's action: DART-style noise for recording)",
+    )
+    explore_frames: tuple[int, int] = Field((4, 16), description="burst length bounds, inclusive")
     video: bool = True
+
+    @model_validator(mode="after")
+    def _burst_bounds(self) -> PlayConfig:
+        low, high = self.explore_frames
+        if not 1 <= low <= high:
+            raise ValueError(f"explore_frames must satisfy 1 <= low <= high, got {self.explore_frames}")
+        return self
 
 
 @dataclass
 class EpisodeStats:
+    """What one episode did; :meth:`summary` is the dict that run folders and tables report."""
+
     frames: int = 0
     score: float = 0.0
     chunks: int = 0
     executed: int = 0
     stale: int = 0
     starved: int = 0
+    explored: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     interrupted: bool = False
+    terminated: bool = False
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
@@ -92,6 +119,7 @@ class EpisodeStats:
             "executed_actions": self.executed,
             "stale_actions": self.stale,
             "starved_frames": self.starved,
+            "explored_frames": self.explored,
             "real_fps": self.frames / wall,
             "effective_actions_per_s": self.executed / wall,
             "latency_p50_ms": float(np.percentile(lat, 50)),
@@ -101,11 +129,48 @@ class EpisodeStats:
         }
 
 
-def policy_frame(frame: np.ndarray) -> np.ndarray:
-    """Squash a game frame to the policy's 256x256 with ``INTER_AREA`` before it is sent."""
-    if frame.shape[:2] == (POLICY_FRAME_SIZE, POLICY_FRAME_SIZE):
+@dataclass(frozen=True)
+class Step:
+    """One played frame, as observers see it.
+
+    ``observation`` is the frame the action was played on (full size, as the game gave it);
+    ``action`` is what the policy chose for this frame (menu buttons masked), ``executed`` what was
+    sent (it differs only during an exploration burst). ``chunk`` counts the episode's chunks from 0
+    (-1 for start-up presses and frames before the first chunk); ``substep`` is the action's index
+    in its chunk (-1 on a starved frame).
+    """
+
+    episode: int
+    index: int
+    observation: np.ndarray
+    action: GamepadState
+    executed: GamepadState
+    reward: float
+    score: float
+    chunk: int
+    substep: int
+    stale: bool = False
+
+
+class Observer:
+    """Receives an episode as it is played; override what you need (every hook defaults to nothing)."""
+
+    def on_episode_start(self, episode: int, seed: int | None) -> None: ...
+
+    def on_chunk(self, latency_ms: float) -> None: ...
+
+    def on_step(self, step: Step) -> None: ...
+
+    def on_episode_end(self, stats: EpisodeStats) -> None: ...
+
+
+def prepare_frame(frame: np.ndarray, spec: PolicySpec) -> np.ndarray:
+    """The frame a policy is given: squashed to its ``image_size`` by the one resize, or as is."""
+    if spec.image_size is None:
         return frame
-    return cv2.resize(frame, (POLICY_FRAME_SIZE, POLICY_FRAME_SIZE), interpolation=cv2.INTER_AREA)
+    from ..inference.preprocessing import resize_frame
+
+    return resize_frame(frame, spec.image_size)
 
 
 def mask_menu(state: GamepadState, allow_menu: bool) -> GamepadState:
@@ -120,103 +185,137 @@ def startup_states(presses: Sequence[StartupPress]) -> list[GamepadState]:
     return states
 
 
-class _Predictor:
-    """Runs ``policy.predict`` in a background thread; the newest result is picked up by the loop."""
+@dataclass
+class _Chunk:
+    states: list[GamepadState]
+    start: int
+    """The frame its first action is meant for."""
+    index: int
 
-    def __init__(self, policy: Policy):
-        self.policy = policy
-        self._request: tuple[np.ndarray, int] | None = None
-        self._result: tuple[ActionChunk, int, float] | None = None
-        self._error: BaseException | None = None
-        self._cv = threading.Condition()
-        self._closed = False
-        self._working = False
-        self._thread = threading.Thread(target=self._run, name="nitrogen-predict", daemon=True)
-        self._thread.start()
 
-    def submit(self, frame: np.ndarray, frame_index: int) -> None:
-        with self._cv:
-            self._request = (frame, frame_index)
-            self._cv.notify_all()
+class _Explorer:
+    """DART-style noise: now and then a burst of random actions replaces the executed one.
 
-    def poll(self) -> tuple[ActionChunk, int, float] | None:
-        with self._cv:
-            if self._error is not None:
-                raise self._error
-            result, self._result = self._result, None
-            return result
+    One random choice is held for a whole burst; bursts start with chance ``p`` per frame and last
+    ``low..high`` frames, both drawn from a generator seeded by the episode seed.
+    """
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while self._request is None and not self._closed:
-                    self._cv.wait()
-                if self._closed:
-                    return
-                frame, index = self._request
-                self._request = None
-                self._working = True
-            started = time.perf_counter()
-            try:
-                chunk = self.policy.predict(frame)
-            except BaseException as exc:  # surfaced to the loop on its next poll
-                with self._cv:
-                    self._error, self._working = exc, False
-                return
-            with self._cv:
-                self._result = (chunk, index, (time.perf_counter() - started) * 1e3)
-                self._working = False
-                self._cv.notify_all()
+    def __init__(self, p: float, bounds: tuple[int, int], seed: int | None, env: Any) -> None:
+        from .agents import RandomAgent
 
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self._thread.join(timeout=5)
+        self.p, (self.low, self.high), self.env = p, bounds, env
+        self.noise = RandomAgent(seed, min_hold=self.high, max_hold=self.high)
+        self.rng = np.random.default_rng(None if seed is None else [seed, 1])
+        self.burst = 0
+
+    def __call__(self, frame: np.ndarray, state: GamepadState) -> tuple[GamepadState, bool]:
+        if self.burst == 0 and self.rng.random() < self.p:
+            self.noise.reset(self.env)
+            self.burst = int(self.rng.integers(self.low, self.high + 1))
+        if self.burst == 0:
+            return state, False
+        self.burst -= 1
+        return self.noise.act(self.env, frame), True
+
+
+class _Episode:
+    """The state of one episode being played: the frame, the stats, the chunks in play."""
+
+    def __init__(self, env: Any, policy: Policy, config: PlayConfig, observers: Sequence[Observer], episode: int):
+        self.env, self.policy, self.config, self.observers, self.episode = env, policy, config, observers, episode
+        self.spec = policy.spec
+        self.shift = config.action_shift if config.action_shift is not None else self.spec.action_shift
+        self.stats = EpisodeStats()
+        self.frame: np.ndarray | None = None
+        self.current: _Chunk | None = None
+        self.pending: _Chunk | None = None
+        self.explorer: _Explorer | None = None
+
+    @property
+    def per_chunk(self) -> int:
+        """Actions of each chunk played before the next takes over."""
+        return min(self.config.actions_per_chunk or self.spec.action_horizon, self.spec.action_horizon)
+
+    def observe(self) -> np.ndarray:
+        return prepare_frame(self.frame, self.spec)
+
+    def arrived(self, chunk: ActionChunk, observed_at: int, latency_ms: float, *, first_now: bool = False) -> None:
+        """A chunk observed at ``observed_at`` is ready; it takes over at its start frame."""
+        self.stats.latencies_ms.append(latency_ms)
+        for o in self.observers:
+            o.on_chunk(latency_ms)
+        start = observed_at if first_now else observed_at + self.shift
+        self.pending = _Chunk(states_from_chunk(chunk.action_tensor), start, self.stats.chunks)
+        self.stats.chunks += 1
+
+    def play_frame(self) -> bool:
+        """Play one frame: the newest chunk's action for it, or neutral. True when the episode ends."""
+        f = self.stats.frames
+        if self.pending is not None and f >= self.pending.start:
+            self.current, self.pending = self.pending, None
+            self.stats.stale += min(f - self.current.start, len(self.current.states))
+        cur = self.current
+        k = f - cur.start if cur is not None else -1
+        if cur is not None and 0 <= k < len(cur.states):
+            self.stats.executed += 1
+            return self.apply(cur.states[k], chunk=cur.index, substep=k)
+        self.stats.starved += 1
+        return self.apply(NEUTRAL, chunk=cur.index if cur is not None else -1, substep=-1)
+
+    def apply(self, state: GamepadState, *, chunk: int, substep: int) -> bool:
+        action = mask_menu(state, self.config.allow_menu)
+        executed, explored = (action, False) if self.explorer is None else self.explorer(self.frame, action)
+        observation = self.frame
+        self.frame, reward, terminated, truncated, _ = self.env.step(executed)
+        stats = self.stats
+        stats.frames += 1
+        stats.score += float(reward)
+        stats.explored += explored
+        step = Step(self.episode, stats.frames - 1, observation, action, executed, float(reward), stats.score, chunk, substep)
+        for o in self.observers:
+            o.on_step(step)
+        stats.terminated = bool(terminated or truncated)
+        limit = self.config.max_frames is not None and stats.frames >= self.config.max_frames
+        return stats.terminated or limit
 
 
 def run_episode(
     env: Any,
     policy: Policy,
     config: PlayConfig,
-    recorder: Any = None,
+    observers: Sequence[Observer] = (),
     *,
     seed: int | None = None,
-    on_progress: Any = None,
+    episode: int = 0,
 ) -> EpisodeStats:
-    """Play one episode; returns its stats. Ctrl-C ends it early with ``interrupted`` set."""
-    stats = EpisodeStats()
-    frame, _ = env.reset(seed=seed)
-    policy.reset()
+    """Play one episode; returns its stats. Ctrl-C ends it early with ``interrupted`` set.
+
+    ``env`` is a :class:`~nitrogen.envs.GamepadEnv` or anything with the same ``reset``/``step``
+    (``pause``/``resume``, when it has them, stop a live game while a sync policy thinks).
+    """
+    ep = _Episode(env, policy, config, observers, episode)
+    for o in observers:
+        o.on_episode_start(episode, seed)
     started = time.perf_counter()
-
-    def apply(state: GamepadState, *, chunk: int, substep: int, stale: bool = False) -> bool:
-        nonlocal frame
-        state = mask_menu(state, config.allow_menu)
-        if recorder is not None:
-            recorder.record(frame, state, step=chunk, substep=substep, stale=stale)
-        frame, reward, terminated, truncated, _ = env.step(state)
-        stats.frames += 1
-        stats.score += float(reward)
-        if on_progress is not None:
-            on_progress(stats)
-        limit = config.max_frames is not None and stats.frames >= config.max_frames
-        return bool(terminated or truncated or limit)
-
     try:
+        ep.frame, _ = env.reset(seed=seed)
+        policy.reset()
+        if config.explore > 0:
+            ep.explorer = _Explorer(config.explore, config.explore_frames, seed, env)
         done = False
         for k, state in enumerate(startup_states(config.startup)):
-            done = apply(state, chunk=-1, substep=k)
+            done = ep.apply(state, chunk=-1, substep=k)
             if done:
                 break
         if not done:
-            run = _run_sync if config.mode == "sync" else _run_async
-            run(env, policy, config, stats, apply, lambda: frame)
+            (_run_sync if config.mode == "sync" else _run_async)(ep)
     except KeyboardInterrupt:
-        stats.interrupted = True
+        ep.stats.interrupted = True
     finally:
-        stats.wall_s = time.perf_counter() - started
-    return stats
+        ep.stats.wall_s = time.perf_counter() - started
+    for o in observers:
+        o.on_episode_end(ep.stats)
+    return ep.stats
 
 
 class _Clock:
@@ -240,72 +339,184 @@ class _Clock:
             self.next_tick = time.perf_counter()
 
 
-def _game_clock(env: Any, config: PlayConfig) -> _Clock:
-    fps = config.fps or float(getattr(env, "fps", 60.0))
-    realtime = config.realtime if config.realtime is not None else config.mode == "async"
+def _game_clock(ep: _Episode) -> _Clock:
+    fps = ep.config.fps or float(getattr(ep.env, "fps", 60.0))
+    realtime = ep.config.realtime if ep.config.realtime is not None else ep.config.mode == "async"
     return _Clock(fps, realtime)
 
 
-def _run_sync(env, policy, config, stats, apply, current_frame) -> None:
-    """Wait for each chunk (the game waits too), then play it (its first ``actions_per_chunk``)."""
-    clock = _game_clock(env, config)
-    pause, resume = getattr(env, "pause", None), getattr(env, "resume", None)
+def _run_sync(ep: _Episode) -> None:
+    """Observe (the game paused), then play until the next observation is due."""
+    clock = _game_clock(ep)
+    pause, resume = getattr(ep.env, "pause", None), getattr(ep.env, "resume", None)
+    next_observation = ep.stats.frames
     while True:
-        t0 = time.perf_counter()
-        if pause is not None:
-            pause()  # a live game waits for the policy, as in the original
-        try:
-            chunk = policy.predict(policy_frame(current_frame()))
-        finally:
-            if resume is not None:
-                resume()
-        stats.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-        clock.restart()  # the game was paused while the policy thought
-        states = states_from_chunk(chunk.action_tensor)[: config.actions_per_chunk]
-        for k, state in enumerate(states):
-            stats.executed += 1
-            if apply(state, chunk=stats.chunks, substep=k):
-                stats.chunks += 1
+        if ep.stats.frames >= next_observation:
+            observed_at = ep.stats.frames
+            t0 = time.perf_counter()
+            if pause is not None:
+                pause()  # a live game waits for the policy, as in the original
+            try:
+                chunk = ep.policy.predict(ep.observe())
+            finally:
+                if resume is not None:
+                    resume()
+            first = ep.current is None
+            ep.arrived(chunk, observed_at, (time.perf_counter() - t0) * 1e3, first_now=first)
+            clock.restart()  # the game was paused while the policy thought
+            # The next chunk's first action lands right after this one's `per_chunk` actions; it
+            # is not asked for before this one has started (when per_chunk < shift).
+            segment_end = ep.pending.start + ep.per_chunk
+            next_observation = max(segment_end - ep.shift, ep.pending.start, observed_at + 1)
+        if ep.play_frame():
+            return
+        clock.tick()
+
+
+class _Predictor:
+    """Runs ``policy.predict`` in a background thread; the newest result is picked up by the loop."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self._request: tuple[np.ndarray, int] | None = None
+        self._result: tuple[ActionChunk, int, float] | None = None
+        self._error: BaseException | None = None
+        self._cv = threading.Condition()
+        self._closed = False
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name="nitrogen-predict", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame: np.ndarray, frame_index: int) -> None:
+        with self._cv:
+            self._request = (frame, frame_index)
+            self.busy = True
+            self._cv.notify_all()
+
+    def poll(self) -> tuple[ActionChunk, int, float] | None:
+        with self._cv:
+            if self._error is not None:
+                raise self._error
+            result, self._result = self._result, None
+            if result is not None:
+                self.busy = self._request is not None
+            return result
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._request is None and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                frame, index = self._request
+                self._request = None
+            started = time.perf_counter()
+            try:
+                chunk = self.policy.predict(frame)
+            except BaseException as exc:  # surfaced to the loop on its next poll
+                with self._cv:
+                    self._error = exc
                 return
-            clock.tick()
-        stats.chunks += 1
+            with self._cv:
+                self._result = (chunk, index, (time.perf_counter() - started) * 1e3)
+                self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=5)
 
 
-def _run_async(env, policy, config, stats, apply, current_frame) -> None:
-    """The game advances on its clock; chunks switch in as they arrive, stale actions skipped."""
-    clock = _game_clock(env, config)
-    shift = config.action_shift if config.action_shift is not None else int(_safe_info(policy).get("action_shift", 0))
-    predictor = _Predictor(policy)
+def _run_async(ep: _Episode) -> None:
+    """The game advances on its clock; chunks switch in at their frame as they arrive."""
+    clock = _game_clock(ep)
+    predictor = _Predictor(ep.policy)
+    replan = ep.config.actions_per_chunk is not None
     try:
-        predictor.submit(policy_frame(current_frame()), stats.frames)
-        states: list[GamepadState] = []
-        position, chunk_id = 0, -1
+        predictor.submit(ep.observe(), ep.stats.frames)
+        next_request: int | None = None
         clock.restart()
         while True:
             arrived = predictor.poll()
             if arrived is not None:
                 chunk, observed_at, latency_ms = arrived
-                stats.latencies_ms.append(latency_ms)
-                stats.chunks += 1
-                chunk_id += 1
-                states = states_from_chunk(chunk.action_tensor)
-                # Action k is meant for frame observed_at + shift + k: those whose frame has
-                # already been played are stale.
-                position = min(max(stats.frames - observed_at - shift, 0), len(states))
-                stats.stale += position
-                predictor.submit(policy_frame(current_frame()), stats.frames)
-            if position < len(states):
-                state, substep = states[position], position
-                position += 1
-                stats.executed += 1
-            else:
-                state, substep = NEUTRAL, -1
-                stats.starved += 1
-            if apply(state, chunk=chunk_id, substep=substep):
+                ep.arrived(chunk, observed_at, latency_ms)
+                # Without a receding horizon, ask again once this chunk has started; with one, when
+                # the next chunk would start right after this one's `per_chunk` actions.
+                start = ep.pending.start
+                next_request = max(start + ep.per_chunk - ep.shift, start) if replan else start
+            if next_request is not None and ep.stats.frames >= next_request and not predictor.busy:
+                predictor.submit(ep.observe(), ep.stats.frames)
+                next_request = None
+            if ep.play_frame():
                 return
             clock.tick()
     finally:
         predictor.close()
+
+
+class ProgressLine(Observer):
+    """One status line on stderr: frames, fps, latency, score; refreshed a few times per second."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self._last = 0.0
+        self._start = time.perf_counter()
+        self._frames, self._score = 0, 0.0
+        self._latencies: list[float] = []
+
+    def on_episode_start(self, episode: int, seed: int | None) -> None:
+        self._start, self._frames, self._score, self._latencies = time.perf_counter(), 0, 0.0, []
+
+    def on_chunk(self, latency_ms: float) -> None:
+        self._latencies.append(latency_ms)
+
+    def on_step(self, step: Step) -> None:
+        self._frames, self._score = step.index + 1, step.score
+        now = time.perf_counter()
+        if now - self._last < 0.25:
+            return
+        self._last = now
+        lat = np.median(self._latencies[-20:]) if self._latencies else float("nan")
+        fps = self._frames / max(now - self._start, 1e-9)
+        line = f"frames {self._frames}  {fps:5.1f} fps  latency {lat:6.1f} ms  score {self._score:g}"
+        self.console.print(line, end="\r", highlight=False, soft_wrap=True)
+
+    def on_episode_end(self, stats: EpisodeStats) -> None:
+        self.console.print()
+
+
+class RunFolderObserver(Observer):
+    """Writes each episode's run folder (videos, ``actions.jsonl``, ``episode.json``) under ``root``."""
+
+    def __init__(self, root: Path, env: Any, policy: Policy, config: PlayConfig) -> None:
+        self.root, self.env, self.policy, self.config = Path(root), env, policy, config
+        self.recorder: Any = None
+        self.run_dir: Path | None = None
+        self.summary: dict[str, Any] | None = None
+
+    def on_episode_start(self, episode: int, seed: int | None) -> None:
+        from ..rundir.recording import RunRecorder, new_run_dir
+
+        self.run_dir = new_run_dir(self.root, f"{_slug(getattr(self.env, 'spec_id', 'game'))}-ep{episode}")
+        self.recorder = RunRecorder(self.run_dir, fps=float(getattr(self.env, "fps", 60.0)), video=self.config.video)
+        self.summary = None
+
+    def on_chunk(self, latency_ms: float) -> None:
+        self.recorder.add_latency(latency_ms)
+
+    def on_step(self, step: Step) -> None:
+        self.recorder.record(step.observation, step.action, step=step.chunk, substep=step.substep, stale=step.stale)
+
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Close the run folder with the episode's summary; returns what ``episode.json`` holds."""
+        written = self.recorder.close(summary)
+        written["run_dir"] = str(self.run_dir)
+        return written
 
 
 def play(
@@ -315,23 +526,17 @@ def play(
     *,
     out_dir: Path | None = None,
     progress: bool = False,
+    observers: Sequence[Observer] = (),
 ) -> list[dict[str, Any]]:
     """Play ``config.episodes`` episodes, recording each into its own folder under ``out_dir``."""
-    from ..rundir.recording import RunRecorder, new_run_dir
-
     config = config or PlayConfig()
     summaries = []
-    policy_info = _safe_info(policy)
+    policy_info = policy_summary(policy)
+    folder = RunFolderObserver(out_dir, env, policy, config) if out_dir else None
+    extra = [*observers, *([ProgressLine()] if progress else [])]
     for episode in range(config.episodes):
         seed = None if config.seed is None else config.seed + episode
-        run_dir = new_run_dir(out_dir, f"{_slug(getattr(env, 'spec_id', 'game'))}-ep{episode}") if out_dir else None
-        recorder = RunRecorder(run_dir, fps=float(getattr(env, "fps", 60.0)), video=config.video) if run_dir else None
-        printer = _ProgressLine() if progress else None
-        try:
-            stats = run_episode(env, policy, config, recorder, seed=seed, on_progress=printer)
-        finally:
-            if printer is not None:
-                printer.finish()
+        stats = run_episode(env, policy, config, [*([folder] if folder else []), *extra], seed=seed, episode=episode)
         summary = {
             "episode": episode,
             "env": getattr(env, "spec_id", None),
@@ -340,18 +545,16 @@ def play(
             **stats.summary(),
             "model": policy_info,
         }
-        if recorder is not None:
-            for ms in stats.latencies_ms:
-                recorder.add_latency(ms)
-            summary = recorder.close(summary)
-            summary["run_dir"] = str(run_dir)
+        if folder is not None:
+            summary = folder.finish(summary)
         summaries.append(summary)
         if stats.interrupted:
             break
     return summaries
 
 
-def _safe_info(policy: Policy) -> dict[str, Any]:
+def policy_summary(policy: Policy) -> dict[str, Any]:
+    """The policy's ``info()`` without the bulky layout tables, for run summaries."""
     try:
         info = policy.info()
     except Exception as exc:  # a remote policy may be unreachable at this moment
@@ -361,30 +564,3 @@ def _safe_info(policy: Policy) -> dict[str, Any]:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(text)).strip("-") or "game"
-
-
-class _ProgressLine:
-    """One status line: frames, fps, latency, score; refreshed a few times per second."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self._last = 0.0
-        self._start = time.perf_counter()
-
-    def __call__(self, stats: EpisodeStats) -> None:
-        now = time.perf_counter()
-        if now - self._last < 0.25:
-            return
-        self._last = now
-        lat = np.median(stats.latencies_ms[-20:]) if stats.latencies_ms else float("nan")
-        fps = stats.frames / max(now - self._start, 1e-9)
-        line = (
-            f"frames {stats.frames}  {fps:5.1f} fps  latency {lat:6.1f} ms  score {stats.score:g}  "
-            f"stale {stats.stale}  starved {stats.starved}"
-        )
-        self.console.print(line, end="\r", highlight=False, soft_wrap=True)
-
-    def finish(self) -> None:
-        self.console.print()

@@ -65,7 +65,8 @@ def test_gap_closed_puts_random_at_0_and_the_expert_at_100_percent():
 
 
 def test_a_game_without_a_scripted_expert_is_evaluated_without_that_baseline():
-    from nitrogen.runtime.experts import NoExpertError, make_agent
+    from nitrogen.runtime.agents import make_agent
+    from nitrogen.runtime.experts import NoExpertError
 
     contenders = {name: (lambda env_id, n=name: ("agent", make_agent(n, env_id, 0))) for name in ("random", "scripted")}
     with pytest.raises(NoExpertError):

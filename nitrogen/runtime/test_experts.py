@@ -18,9 +18,8 @@ from nitrogen.runtime.experts import (
     GopherExpert,
     LookaheadExpert,
     PongExpert,
-    RandomAgent,
-    make_agent,
 )
+from nitrogen.runtime.agents import RandomAgent, make_agent
 from nitrogen.gamepad import GamepadState
 
 pytest.importorskip("ale_py")

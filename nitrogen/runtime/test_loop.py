@@ -15,7 +15,7 @@ from nitrogen.serving.client import ModelClient
 from nitrogen.inference.engine import PolicyEngine
 from nitrogen.envs import make_env
 from nitrogen.runtime.loop import PlayConfig, StartupPress, play
-from nitrogen.policy import DelayedPolicy, ReplayPolicy
+from nitrogen.runtime.sources import DelayedPolicy, ReplayPolicy
 from nitrogen.serving.server import InferenceServer, ServerConfig
 
 
