@@ -281,11 +281,14 @@ def play_command(
     server: Annotated[str | None, typer.Option(help="Policy server address, tcp://HOST:PORT.")] = None,
     port: Annotated[int | None, typer.Option(help="Shorthand for --server tcp://127.0.0.1:PORT.")] = None,
     ckpt: Annotated[Path | None, typer.Option(help="Run the policy in-process from this checkpoint.")] = None,
-    replay: Annotated[Path | None, typer.Option(help="Replay a run's actions.jsonl instead of a model.")] = None,
-    mode: Annotated[str, typer.Option(help="sync (the game waits for the policy) or async (it never waits).")] = (
-        "async"
-    ),
-    steps: Annotated[int | None, typer.Option(help="Stop each episode after this many game frames.")] = None,
+    replay: Annotated[
+        Path | None, typer.Option(help="Replay a run folder (or its actions.jsonl) instead of a model.")
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="sync (the game waits for the policy) or async (it never waits); default: async, sync for --replay."),
+    ] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Stop each episode after this many game frames.", min=1)] = None,
     episodes: Annotated[int, typer.Option(help="Episodes to play.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed of the game (and of the policy's noise in-process).")] = None,
     allow_menu: Annotated[bool, typer.Option(help="Let START, GUIDE and BACK through.")] = False,
@@ -296,8 +299,9 @@ def play_command(
     video: Annotated[bool, typer.Option(help="Write the clean and debug videos.")] = True,
     fps: Annotated[float | None, typer.Option(help="Game clock for async mode (default: the game's).")] = None,
     actions_per_chunk: Annotated[
-        int | None, typer.Option(help="Sync mode: play the first N actions of each chunk, then ask again.", min=1)
+        int | None, typer.Option(help="Play the first N actions of each chunk, then switch to the next.", min=1)
     ] = None,
+    steps: Annotated[int | None, typer.Option(help="For --ckpt: Euler steps (default: the checkpoint's).", min=1)] = None,
     device: Annotated[str | None, typer.Option(help="For --ckpt: cuda, cpu, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="For --ckpt: float32 or bfloat16 weights.")] = None,
     game: Annotated[str | None, typer.Option(help="For --ckpt: the game to condition on, by name or id.")] = None,
@@ -306,27 +310,26 @@ def play_command(
 
     With no game and no policy, it is `nitrogen demo`: the shipped agent plays its embedded games.
     """
-    import json as _json
-
     from pydantic import ValidationError
 
     from .runtime.loop import PlayConfig, StartupPress, play
+    from .runtime.sources import make_policy
 
     targets = [t for t in (env, process, pid) if t is not None]
     sources = [s for s in (server, port, ckpt, replay) if s is not None]
     if not targets and not sources:
         # `nitrogen play` alone: the shipped agent on its embedded games.
-        demo(episodes=episodes, frames=steps, seed=seed if seed is not None else 1000, out=out, video=video)
+        demo(episodes=episodes, max_frames=max_frames, seed=seed if seed is not None else 1000, out=out, video=video)
         return
     if len(targets) != 1:
         _fail(ValueError("give exactly one of --env, --process or --pid"))
     if len(sources) != 1:
         _fail(ValueError("give exactly one policy: --server, --port, --ckpt or --replay"))
     try:
-        presses = [StartupPress(**p) for p in _json.loads(startup.read_text())] if startup else []
+        presses = [StartupPress(**p) for p in json.loads(startup.read_text())] if startup else []
         config = PlayConfig(
-            mode=mode,
-            max_frames=steps,
+            mode=mode or ("sync" if replay is not None else "async"),
+            max_frames=max_frames,
             episodes=episodes,
             seed=seed,
             allow_menu=allow_menu,
@@ -337,20 +340,14 @@ def play_command(
         )
     except (ValidationError, ValueError, OSError, TypeError) as exc:
         _fail(ValueError(f"invalid play settings: {exc}"))
-
+    if ckpt is not None:
+        source = f"ckpt:{ckpt}"
+    elif replay is not None:
+        source = f"replay:{replay}"
+    else:
+        source = f"server:{server or f'tcp://127.0.0.1:{port}'}"
     try:
-        if ckpt is not None:
-            from .inference.session import InferenceSession
-
-            policy = InferenceSession.from_checkpoint(ckpt, device=device, dtype=dtype, game=game, seed=seed)
-        elif replay is not None:
-            from .policy import ReplayPolicy
-
-            policy = ReplayPolicy(replay)
-        else:
-            from .serving.client import ModelClient
-
-            policy = ModelClient(server or f"tcp://127.0.0.1:{port}")
+        policy = make_policy(source, seed=seed, device=device, dtype=dtype, game=game, num_steps=steps)
         if env is not None:
             from .envs import make_env
 
@@ -365,9 +362,7 @@ def play_command(
         summaries = play(game_env, policy, config, out_dir=out, progress=True)
     finally:
         game_env.close()
-        close = getattr(policy, "close", None)
-        if close is not None:
-            close()
+        policy.close()
     for s in summaries:
         console.print(
             f"episode {s['episode']}: score {s['score']:g}, {s['frames']} frames at {s['real_fps']:.1f} fps, "
@@ -381,7 +376,9 @@ def play_command(
 def demo(
     game: Annotated[str | None, typer.Option(help="One of the agent's games (default: all of them).")] = None,
     episodes: Annotated[int, typer.Option(help="Episodes per game.", min=1)] = 1,
-    frames: Annotated[int | None, typer.Option(help="Frames per episode (default: the agent card's).", min=1)] = None,
+    max_frames: Annotated[
+        int | None, typer.Option(help="Frames per episode (default: the agent card's).", min=1)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first episode.")] = 1000,
     out: Annotated[Path, typer.Option(help="Folder for the run folders.")] = Path("runs"),
     video: Annotated[bool, typer.Option(help="Write the clean and debug videos.")] = True,
@@ -399,12 +396,12 @@ def demo(
             raise ValueError(f"the default agent plays {', '.join(card.games)}, not {game!r}")
         console.print(
             f"default agent ({card.preset}, trained on {', '.join(card.games)}): "
-            f"{card.play.actions_per_chunk} actions per chunk, {frames or card.play.max_frames} frames per episode"
+            f"{card.play.actions_per_chunk} actions per chunk, {max_frames or card.play.max_frames} frames per episode"
         )
         results = run_demo(
             game,
             episodes=episodes,
-            max_frames=frames,
+            max_frames=max_frames,
             seed=seed,
             out_dir=out,
             video=video,
@@ -496,12 +493,13 @@ def finetune(
 def record_command(
     env: Annotated[str, typer.Option(help="Embedded game: ale:Freeway, ale:Gopher, gym:CarRacing-v3, ...")],
     policy: Annotated[
-        str, typer.Option(help="scripted, random, human (window + gamepad/keyboard), or ckpt:PATH / server:ADDR.")
+        str,
+        typer.Option(help="scripted, random, human (window + gamepad/keyboard), default, or ckpt:PATH / server:ADDR."),
     ] = "scripted",
     episodes: Annotated[int, typer.Option(help="Episodes to record.")] = 1,
     out: Annotated[Path, typer.Option(help="Dataset folder (parquet shards under OUT/data).")] = Path("data"),
     seed: Annotated[int, typer.Option(help="Seed of episode 0; episode i uses seed + i.")] = 0,
-    max_frames: Annotated[int | None, typer.Option(help="Frame budget per episode.")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Frame budget per episode.", min=1)] = None,
     shard_frames: Annotated[int, typer.Option(help="Rows per parquet shard.")] = 500,
     explore: Annotated[
         float,
@@ -512,146 +510,109 @@ def record_command(
             max=0.99,
         ),
     ] = 0.0,
+    actions_per_chunk: Annotated[
+        int | None, typer.Option(help="A model policy plays the first N actions of each chunk.", min=1)
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="For ckpt: policies.")] = None,
 ) -> None:
     """Record gameplay as a Hugging Face dataset in the fine-tuning schema."""
     from .envs import make_env
-    from .runtime.experts import make_agent
     from .runtime.dataset_writer import record
+    from .runtime.sources import make_policy
 
     try:
-        if policy in ("scripted", "random"):
-            agent = make_agent(policy, env, seed)
-        elif policy == "human":
-            from .runtime.human import HumanAgent
-
-            agent = HumanAgent(seed)
-        else:
-            agent = _PolicyAgent(_contender(policy, seed, None)(env)[1])
         game_env = make_env(env)
     except (NitrogenError, ValueError, OSError) as exc:
         _fail(exc)
     try:
+        source = make_policy(policy, env=game_env, seed=seed, device=device)
+    except (NitrogenError, ValueError, OSError) as exc:
+        game_env.close()
+        _fail(exc)
+    try:
         summary = record(
             game_env,
-            agent,
+            source,
             episodes=episodes,
             out_dir=out,
             seed=seed,
             max_frames=max_frames,
             shard_frames=shard_frames,
             explore=explore,
+            actions_per_chunk=actions_per_chunk,
         )
     except FileExistsError as exc:
         _fail(exc)
     finally:
         game_env.close()
-        close = getattr(agent, "close", None)
-        if close is not None:
-            close()
+        source.close()
     console.print(
         f"recorded {summary['frames']} frames in {len(summary['shards'])} shard(s) to {out / 'data'}; "
         f"scores {summary['scores']}"
     )
 
 
-class _PolicyAgent:
-    """A chunk policy as a frame-by-frame agent: predict, then play the chunk's actions in order."""
-
-    name = "model"
-
-    def __init__(self, policy: Any):
-        self.policy, self.queue = policy, []
-
-    def reset(self, env: Any, seed: int | None = None) -> None:
-        self.policy.reset()
-        self.queue = []
-
-    def act(self, env: Any, frame: Any) -> Any:
-        from .gamepad import MENU_BUTTONS, states_from_chunk
-        from .runtime.loop import policy_frame
-
-        if not self.queue:
-            self.queue = states_from_chunk(self.policy.predict(policy_frame(frame)).action_tensor)
-        return self.queue.pop(0).without(MENU_BUTTONS)
-
-
-def _contender(spec: str, seed: int | None, device: str | None) -> Any:
-    """A ``--policy`` spec -> factory ``env_id -> (kind, object)`` for the evaluation harness."""
-    kind, _, value = spec.partition(":")
-    if kind == "ckpt":
-        from .inference.session import InferenceSession
-
-        session = InferenceSession.from_checkpoint(value, device=device, seed=seed)
-        return lambda env_id: ("policy", session)
-    if kind == "server":
-        from .serving.client import ModelClient
-
-        client = ModelClient(value)
-        return lambda env_id: ("policy", client)
-    if kind == "replay":
-        from .policy import ReplayPolicy
-
-        return lambda env_id: ("policy", ReplayPolicy(value))
-    if kind in ("random", "scripted"):
-        from .runtime.experts import make_agent
-
-        return lambda env_id: ("agent", make_agent(kind, env_id, seed or 0))
-    raise ValueError(f"unknown --policy {spec!r}: use ckpt:PATH, server:ADDR, replay:PATH, random or scripted")
-
-
-def _plays(factory: Any, env_id: str) -> bool:
-    """Whether a contender factory has something for ``env_id`` (the harness skips it otherwise)."""
-    try:
-        factory(env_id)
-    except LookupError:
-        return False
-    return True
-
-
 @app.command("eval")
 def eval_command(
     env: Annotated[str, typer.Option(help="Games, comma-separated: ale:Freeway,ale:Gopher")],
-    policy: Annotated[list[str], typer.Option(help="ckpt:PATH, server:ADDR, replay:PATH, random or scripted.")],
+    policy: Annotated[list[str], typer.Option(help="ckpt:PATH, default, server:ADDR, replay:PATH, random or scripted.")],
     episodes: Annotated[int, typer.Option(help="Episodes per game (seeds 0..N-1 unless --seeds).")] = 3,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
-    max_frames: Annotated[int, typer.Option(help="Frame budget per episode.")] = 10_000,
+    max_frames: Annotated[int, typer.Option(help="Frame budget per episode.", min=1)] = 10_000,
     baselines: Annotated[bool, typer.Option(help="Also run the random policy and the scripted expert.")] = True,
     out: Annotated[Path, typer.Option(help="Folder for results.md, results.json and results.png.")] = Path("eval"),
     device: Annotated[str | None, typer.Option(help="For ckpt: policies.")] = None,
     actions_per_chunk: Annotated[
-        int | None, typer.Option(help="Play the first N actions of each chunk, then ask again (default: all).", min=1)
+        int | None, typer.Option(help="Play the first N actions of each chunk, then switch to the next.", min=1)
     ] = None,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
-    from .runtime.benchmark import EpisodeResult, evaluate, markdown_table, summarize, write_results
-
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else list(range(episodes))
-    try:
-        contenders = {spec: _contender(spec, seed_list[0], device) for spec in policy}
-        if baselines:
-            for spec in ("random", "scripted"):
-                contenders.setdefault(spec, _contender(spec, seed_list[0], device))
-    except (NitrogenError, ValueError, OSError, ImportError) as exc:
-        _fail(exc)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .runtime.benchmark import EpisodeResult, evaluate, markdown_table, summarize, write_results
+    from .runtime.sources import AGENT_SOURCES, has_policy_for, make_policy
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else list(range(episodes))
+    except ValueError:
+        _fail(ValueError(f"--seeds must be comma-separated integers, got {seeds!r}"))
+    specs = list(dict.fromkeys([*policy, *(["random", "scripted"] if baselines else [])]))
+    models: dict[str, Any] = {}
+    try:
+        for spec in specs:  # models load once, before any game; agents are made per game
+            if spec not in AGENT_SOURCES:
+                models[spec] = make_policy(spec, seed=seed_list[0], device=device)
+    except (NitrogenError, ValueError, OSError, ImportError) as exc:
+        for model in models.values():
+            model.close()
+        _fail(exc)
+
+    def factory(spec: str) -> Any:
+        if spec in models:
+            return lambda game_env: models[spec]
+        return lambda game_env: make_policy(spec, env=game_env, seed=seed_list[0])
+
     env_ids = env.split(",")
-    pairs = sum(_plays(factory, env_id) for env_id in env_ids for factory in contenders.values())
-    with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("eval", total=pairs * len(seed_list))
+    pairs = sum(has_policy_for(spec, env_id) for env_id in env_ids for spec in specs)
+    try:
+        with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("eval", total=pairs * len(seed_list))
 
-        def on_episode(r: EpisodeResult) -> None:
-            bar.console.print(f"{r.env} {r.contender} seed {r.seed}: score {r.score:g} in {r.length} frames")
-            bar.advance(task)
+            def on_episode(r: EpisodeResult) -> None:
+                bar.console.print(f"{r.env} {r.contender} seed {r.seed}: score {r.score:g} in {r.length} frames")
+                bar.advance(task)
 
-        results = evaluate(
-            env_ids,
-            contenders,
-            seed_list,
-            max_frames=max_frames,
-            actions_per_chunk=actions_per_chunk,
-            on_episode=on_episode,
-        )
+            results = evaluate(
+                env_ids,
+                {spec: factory(spec) for spec in specs},
+                seed_list,
+                max_frames=max_frames,
+                actions_per_chunk=actions_per_chunk,
+                on_episode=on_episode,
+            )
+    finally:
+        for model in models.values():
+            model.close()
     paths = write_results(results, out)
     console.print(markdown_table(summarize(results)))
     console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['png']}")

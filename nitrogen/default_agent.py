@@ -11,7 +11,6 @@ seeds, and the evaluation on seeds not used in training.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import statistics
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .atomic import atomic_write_json
 from .errors import NitrogenError
 
 ASSET_DIR = Path(__file__).parent / "assets" / "default-agent"
@@ -129,16 +129,16 @@ def demo(
     number of frames, so the scores compare like for like.
     """
     from .envs import make_env
-    from .runtime.benchmark import run_agent
-    from .runtime.experts import make_agent
+    from .runtime.benchmark import run_one
+    from .runtime.experts import NoExpertError
     from .runtime.loop import PlayConfig, play
-    from .inference.session import InferenceSession
+    from .runtime.sources import make_policy
 
     directory = directory or agent_dir()
     card = load_card(directory)
     games = [game] if game else card.games
     frames = max_frames or card.play.max_frames
-    session = InferenceSession.from_checkpoint(directory / MODEL_FILE, seed=seed)
+    agent = make_policy(f"ckpt:{directory / MODEL_FILE}", seed=seed)
     config = PlayConfig(
         mode="sync",
         max_frames=frames,
@@ -150,17 +150,19 @@ def demo(
     results = []
     for name in games:
         with make_env(name) as env:
-            summaries = play(env, session, config, out_dir=Path(out_dir) if out_dir else None, progress=progress)
+            summaries = play(env, agent, config, out_dir=Path(out_dir) if out_dir else None, progress=progress)
             for summary in summaries:
                 ep_seed = int(summary["seed"])
                 length = int(summary["frames"])
-                random_score = run_agent(env, make_agent("random", name, ep_seed), ep_seed, length)[0]
+                random_score = run_one(env, make_policy("random", env=env, seed=ep_seed), ep_seed, length)[0]
                 expert_score = None
                 if expert:
                     try:
-                        expert_score = run_agent(env, make_agent("scripted", name, ep_seed), ep_seed, length)[0]
-                    except ValueError:
-                        expert_score = None  # no scripted expert for this game
+                        scripted = make_policy("scripted", env=env, seed=ep_seed)
+                    except NoExpertError:
+                        scripted = None  # no scripted expert for this game
+                    if scripted is not None:
+                        expert_score = run_one(env, scripted, ep_seed, length)[0]
                 results.append(
                     DemoResult(
                         game=name,
@@ -172,6 +174,7 @@ def demo(
                         run_dir=summary.get("run_dir"),
                     )
                 )
+    agent.close()
     return results
 
 
@@ -187,6 +190,4 @@ def write_demo_summary(results: list[DemoResult], path: Path) -> Path:
         }
         for g, rs in games.items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"episodes": [asdict(r) for r in results], "means": means}, indent=2))
-    return path
+    return atomic_write_json(path, {"episodes": [asdict(r) for r in results], "means": means})

@@ -1,6 +1,6 @@
 """The one interface that play, record and evaluation drive, and what a policy says about itself.
 
-A :class:`Policy` turns frames into :class:`ActionChunk`\ s and describes itself with a typed
+A :class:`Policy` turns frames into action chunks (:class:`ActionChunk`) and describes itself with a typed
 :class:`PolicySpec`: how many actions a chunk holds, how many frames after its observation the
 first one is meant for, the square frame size it looks at, its step rate, its button order and its
 games. The local :class:`~nitrogen.inference.session.InferenceSession`, the remote

@@ -88,7 +88,7 @@ def test_serve_refuses_an_exposed_host_without_keys(golden_dir):
 def test_play_command_records_a_run(tiny_ckpt, tmp_path):
     result = runner.invoke(
         app,
-        ["play", "--env", "ale:Breakout", "--ckpt", str(tiny_ckpt), "--mode", "sync", "--steps", "36"]
+        ["play", "--env", "ale:Breakout", "--ckpt", str(tiny_ckpt), "--mode", "sync", "--max-frames", "36"]
         + ["--seed", "0", "--out", str(tmp_path), "--no-video"],
     )
     assert result.exit_code == 0, result.output

@@ -64,7 +64,7 @@ def test_the_shipped_agent_plays_a_short_episode(tmp_path):
 
 def test_demo_command_prints_the_comparison_and_play_alone_runs_it(tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--game", "ale:Gopher", "--frames", "48", "--out", str(out), "--expert"])
+    result = runner.invoke(app, ["demo", "--game", "ale:Gopher", "--max-frames", "48", "--out", str(out), "--expert"])
     assert result.exit_code == 0, result.output
     assert "random" in result.output and "expert" in result.output
     doc = json.loads((out / "demo.json").read_text())
@@ -72,7 +72,7 @@ def test_demo_command_prints_the_comparison_and_play_alone_runs_it(tmp_path):
     assert episode["game"] == "ale:Gopher" and episode["frames"] == 48 and episode["expert_score"] is not None
     assert set(doc["means"]) == {"ale:Gopher"}
 
-    result = runner.invoke(app, ["play", "--steps", "30", "--out", str(tmp_path / "play"), "--no-video"])
+    result = runner.invoke(app, ["play", "--max-frames", "30", "--out", str(tmp_path / "play"), "--no-video"])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "play" / "demo.json").read_text())
     assert {e["game"] for e in doc["episodes"]} == set(load_card().games)
@@ -90,5 +90,5 @@ def test_a_missing_or_altered_agent_is_a_clear_error(tmp_path, monkeypatch):
         f.write(b"not the agent")
     with pytest.raises(MissingAgentError, match="sha256"):
         load_card()
-    result = runner.invoke(app, ["demo", "--frames", "10"])
+    result = runner.invoke(app, ["demo", "--max-frames", "10"])
     assert result.exit_code != 0 and "sha256" in result.output

@@ -1,8 +1,8 @@
 """The benchmark harness: policies and agents for N episodes on fixed seeds, one results table.
 
-Each contender plays the same games on the same seeds. A model policy (in-process checkpoint,
-server, replay) plays through the play loop in sync mode, so its speed does not change its score;
-an :class:`~nitrogen.runtime.agents.Agent` (random, scripted expert) acts frame by frame. The results are
+Each contender plays the same games on the same seeds, through the one episode loop in sync mode,
+so a policy's speed does not change its score: a model (in-process checkpoint, server), a replay,
+or a random or scripted agent (through the one adapter, one action per frame). The results are
 the mean and std of score and episode length, and the policy latency, written as Markdown, JSON and
 a PNG bar chart.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..policy import Policy
 from .loop import PlayConfig, run_episode
+from .sources import as_policy
 
 BASELINES: tuple[str, ...] = ("random", "scripted")
 """Contender names of the reference policies every evaluation can compare against."""
@@ -48,27 +49,10 @@ class Summary:
     scores: list[float] = field(default_factory=list)
 
 
-def run_agent(env: Any, agent: Any, seed: int, max_frames: int) -> tuple[float, int, float]:
-    """One episode of a frame-by-frame agent: (score, length, mean decision ms)."""
-    frame, _ = env.reset(seed=seed)
-    agent.reset(env, seed)
-    score, length, spent = 0.0, 0, 0.0
-    while length < max_frames:
-        t0 = time.perf_counter()
-        state = agent.act(env, frame)
-        spent += time.perf_counter() - t0
-        frame, reward, terminated, truncated, _ = env.step(state)
-        score += float(reward)
-        length += 1
-        if terminated or truncated:
-            break
-    return score, length, spent / max(length, 1) * 1e3
-
-
-def run_policy(
-    env: Any, policy: Any, seed: int, max_frames: int, actions_per_chunk: int | None = None
+def run_one(
+    env: Any, policy: Policy, seed: int, max_frames: int, actions_per_chunk: int | None = None
 ) -> tuple[float, int, float]:
-    """One episode of a chunk policy, in sync mode: (score, length, median chunk latency ms)."""
+    """One episode through the episode loop in sync mode: (score, length, median prediction ms)."""
     config = PlayConfig(mode="sync", max_frames=max_frames, video=False, actions_per_chunk=actions_per_chunk)
     stats = run_episode(env, policy, config, seed=seed)
     latency = float(np.median(stats.latencies_ms)) if stats.latencies_ms else 0.0
@@ -77,7 +61,7 @@ def run_policy(
 
 def evaluate(
     env_ids: Sequence[str],
-    contenders: dict[str, Callable[[str], tuple[str, Any]]],
+    contenders: dict[str, Callable[[Any], Any]],
     seeds: Sequence[int],
     *,
     max_frames: int = 10_000,
@@ -85,10 +69,11 @@ def evaluate(
     actions_per_chunk: int | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
-    """Play every contender on every game and seed.
+    """Play every contender on every game and seed, each episode through the one episode loop.
 
-    ``contenders`` maps a name to a factory ``env_id -> (kind, obj)`` where kind is ``"agent"`` or
-    ``"policy"``; a factory may raise a ``LookupError`` (``KeyError``,
+    ``contenders`` maps a name to a factory ``env -> policy`` (a :class:`~nitrogen.policy.Policy`,
+    or a frame-by-frame agent, which gets the one adapter); it is called once per game, with that
+    game's env. A factory may raise a ``LookupError`` (``KeyError``,
     :class:`~nitrogen.runtime.experts.NoExpertError`) when it has nothing for a game, and that pair is
     skipped. ``actions_per_chunk`` is the policies' receding horizon (see
     :class:`~nitrogen.runtime.loop.PlayConfig`). ``on_episode`` is called after every episode (progress).
@@ -101,14 +86,11 @@ def evaluate(
         try:
             for name, factory in contenders.items():
                 try:
-                    kind, obj = factory(env_id)
+                    policy = as_policy(factory(env), env)
                 except LookupError:
                     continue
                 for seed in seeds:
-                    if kind == "agent":
-                        score, length, latency = run_agent(env, obj, seed, max_frames)
-                    else:
-                        score, length, latency = run_policy(env, obj, seed, max_frames, actions_per_chunk)
+                    score, length, latency = run_one(env, policy, seed, max_frames, actions_per_chunk)
                     results.append(EpisodeResult(env_id, name, seed, score, length, latency))
                     if on_episode is not None:
                         on_episode(results[-1])

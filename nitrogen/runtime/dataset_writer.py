@@ -1,9 +1,9 @@
 """Record an agent's play as a fine-tuning dataset (parquet shards in the gameplay schema).
 
 >>> from nitrogen.envs import make_env
->>> from nitrogen.runtime.agents import make_agent
+>>> from nitrogen.runtime.sources import make_policy
 >>> with make_env("ale:Breakout") as env:                                   # doctest: +SKIP
-...     summary = record(env, make_agent("scripted", "ale:Breakout"), episodes=2, out_dir="runs/bo")
+...     summary = record(env, make_policy("scripted", env=env), episodes=2, out_dir="runs/bo")
 
 Layout of ``out_dir``::
 
@@ -13,13 +13,16 @@ Layout of ``out_dir``::
 Each row is one frame: ``image`` (PNG, HF ``datasets.Image``), the 17 boolean button columns of
 :data:`nitrogen.data.BUTTON_COLUMNS`, ``j_left`` / ``j_right`` (``[x, y]``, +y down), ``episode_id``,
 ``frame`` (index inside the episode), ``reward`` (received for this frame's action), ``score``
-(running episode score after it) and ``game``. The image of a row is the observation the agent
-chose that row's action from. Shards are written to a temporary name and renamed into place, so a
-crash loses at most the shard being filled; ``info.json`` is rewritten after every shard
-(``"complete": false``) and at the end (``"complete": true``).
+(running episode score after it) and ``game``. The image of a row is the frame its action was
+played on. Play goes through the one episode loop (:func:`nitrogen.runtime.loop.run_episode`), in
+sync mode, so a model policy's chunks are timed exactly as in ``nitrogen play`` (its action shift
+and ``actions_per_chunk``); :class:`DatasetWriter` is the loop observer that writes the rows.
+Shards are written atomically (:mod:`nitrogen.atomic`), so a crash loses at most the shard being
+filled; ``info.json`` is rewritten after every shard (``"complete": false``) and at the end
+(``"complete": true``).
 
 ``explore`` injects noise the DART way: now and then a burst of random actions is *executed*, while
-every row keeps the agent's own action for its frame. The dataset then shows how the agent recovers
+every row keeps the policy's own action for its frame. The dataset then shows how the agent recovers
 from states it would never reach by itself, which is what a cloned policy needs when its own small
 mistakes take it there. A deterministic expert on a deterministic game (sticky actions are off) would
 otherwise play the same episode on every seed.
@@ -28,17 +31,18 @@ otherwise play the same episode on every seed.
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .agents import Agent
+from ..atomic import atomic_path, atomic_write_json
 from ..data.schema import BUTTON_COLUMNS, PHYSICAL_BUTTONS
-from .agents import RandomAgent
 from ..gamepad import GamepadState
+from ..policy import Policy
+from .loop import EpisodeStats, Observer, PlayConfig, Step, run_episode
+from .sources import as_policy
 
 DATA_DIR = "data"
 INFO_FILE = "info.json"
@@ -104,29 +108,89 @@ class _ShardWriter:
         import datasets
 
         name = f"shard-{len(self.shards):05d}.parquet"
-        tmp = self.data_dir / f".{name}.tmp"  # not *.parquet: loaders never see a partial shard
         n = len(self)
         import pyarrow.parquet as pq
 
         # The Dataset's Arrow table carries the HF features in its schema metadata, so loaders
         # decode ``image`` as an Image; pyarrow writes it without datasets' progress bars.
         table = datasets.Dataset.from_dict(self.columns, features=self.features).data.table
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.data_dir / name)
+        with atomic_path(self.data_dir / name) as tmp:  # a dot-name: loaders never see a partial shard
+            pq.write_table(table, tmp)
         self.shards.append(name)
         self.rows_written += n
         self.columns = {k: [] for k in self.columns}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+class DatasetWriter(Observer):
+    """The loop observer that writes played frames as rows, shard by shard, with ``info.json``.
+
+    A row holds the frame an action was played on and the policy's action for it (not an
+    exploration burst's). ``describe`` gives the run metadata that ``info.json`` starts with.
+    """
+
+    def __init__(self, out_dir: Path, *, game: str, shard_frames: int, describe: dict[str, Any]) -> None:
+        self.out = out_dir
+        self.writer = _ShardWriter(out_dir / DATA_DIR)
+        self.game, self.shard_frames, self.describe = game, shard_frames, describe
+        self.seeds: list[int | None] = []
+        self.scores: list[float] = []
+        self.episode_frames: list[int] = []
+        self.explored = 0
+
+    def on_episode_start(self, episode: int, seed: int | None) -> None:
+        self.seeds.append(seed)
+
+    def on_step(self, step: Step) -> None:
+        self.writer.add(
+            {
+                "image": {"bytes": png_bytes(step.observation), "path": None},
+                **state_columns(step.action),
+                "episode_id": step.episode,
+                "frame": step.index,
+                "reward": step.reward,
+                "score": step.score,
+                "game": self.game,
+            }
+        )
+        if len(self.writer) >= self.shard_frames:
+            self.writer.flush()
+            self.write_info(complete=False)
+
+    def on_episode_end(self, stats: EpisodeStats) -> None:
+        if stats.frames or not stats.interrupted:  # an interrupt between episodes adds none
+            self.scores.append(stats.score)
+            self.episode_frames.append(stats.frames)
+        else:
+            self.seeds.pop()
+        self.explored += stats.explored
+
+    def summary(self, complete: bool) -> dict[str, Any]:
+        return {
+            **self.describe,
+            "game": self.game,
+            "episodes": len(self.scores),
+            "frames": int(sum(self.episode_frames)),
+            "seeds": list(self.seeds[: len(self.scores)]),
+            "scores": list(self.scores),
+            "episode_frames": list(self.episode_frames),
+            "rows_written": self.writer.rows_written,
+            "shards": [f"{DATA_DIR}/{s}" for s in self.writer.shards],
+            "shard_frames": self.shard_frames,
+            "fps": self.describe.get("fps"),
+            "explore": self.describe.get("explore"),
+            "explored_frames": self.explored,
+            "complete": complete,
+        }
+
+    def write_info(self, complete: bool, **extra: Any) -> dict[str, Any]:
+        doc = self.summary(complete) | extra
+        atomic_write_json(self.out / INFO_FILE, doc)
+        return doc
 
 
 def record(
     env: Any,
-    agent: Agent,
+    policy: Policy | Any,
     *,
     episodes: int,
     out_dir: str | os.PathLike[str],
@@ -136,23 +200,28 @@ def record(
     game: str | None = None,
     explore: float = 0.0,
     explore_frames: tuple[int, int] = (4, 16),
+    actions_per_chunk: int | None = None,
+    allow_menu: bool | None = None,
 ) -> dict[str, Any]:
-    """Play ``episodes`` episodes of ``env`` with ``agent`` and write them under ``out_dir``.
+    """Play ``episodes`` episodes of ``env`` with ``policy`` and write them under ``out_dir``.
 
-    Episode ``i`` is reset with seed ``seed + i`` (env and agent); it ends when the env
-    terminates or truncates, or after ``max_frames`` frames. The agent acts once per frame.
-    Rows go to ``out_dir/data/shard-NNNNN.parquet``, ``shard_frames`` rows per shard (the last
-    may be shorter). ``game`` (default ``env.spec_id``) fills the ``game`` column.
+    ``policy`` is any :class:`~nitrogen.policy.Policy` (a model, a replay, an agent through
+    :func:`~nitrogen.runtime.sources.make_policy`), or a bare frame-by-frame agent, which is wrapped
+    by the one adapter. Episode ``i`` is reset with seed ``seed + i`` (env and agent); it ends when
+    the env terminates or truncates, or after ``max_frames`` frames. Rows go to
+    ``out_dir/data/shard-NNNNN.parquet``, ``shard_frames`` rows per shard (the last may be shorter).
+    ``game`` (default ``env.spec_id``) fills the ``game`` column. Menu buttons of a model policy are
+    masked as in ``nitrogen play`` unless ``allow_menu``; an agent's (a person's) are kept.
 
     ``explore`` is the chance, per frame, that a burst of random actions (a random D-pad direction
     and FIRE, held ``explore_frames`` frames, inclusive bounds) starts; during a burst the env gets
-    the random action and the row still gets the agent's. The bursts are seeded by the episode seed.
+    the random action and the row still gets the policy's. The bursts are seeded by the episode seed.
 
     Returns the summary also written to ``out_dir/info.json``: ``env``, ``agent``, ``game``,
     ``episodes``, ``frames`` (total), ``seeds``, ``scores`` and ``episode_frames`` (per episode),
     ``rows_written`` and ``shards`` (on disk), ``complete`` and ``interrupted``. Raises
     ``FileExistsError`` if ``out_dir/data`` already holds parquet files. An exception from the env or
-    agent propagates; completed shards stay on disk. A ``KeyboardInterrupt`` (Ctrl-C, or the human
+    policy propagates; completed shards stay on disk. A ``KeyboardInterrupt`` (Ctrl-C, or the human
     policy's window closed) ends the recording early instead, with every played frame written.
     """
     if episodes < 1:
@@ -172,88 +241,25 @@ def record(
     if any(data_dir.glob("*.parquet")):
         raise FileExistsError(f"{data_dir} already holds parquet shards; record into an empty folder")
 
+    policy = as_policy(policy, env)
+    spec = policy.spec
+    config = PlayConfig(
+        mode="sync",
+        max_frames=max_frames,
+        allow_menu=spec.kind != "model" if allow_menu is None else allow_menu,
+        actions_per_chunk=actions_per_chunk,
+        explore=explore,
+        explore_frames=explore_frames,
+        video=False,
+    )
     env_id = str(getattr(env, "spec_id", type(env).__name__))
-    game_name = game if game is not None else env_id
-    writer = _ShardWriter(data_dir)
-    seeds: list[int] = []
-    scores: list[float] = []
-    episode_frames: list[int] = []
-    explored = 0
-
-    def summary(complete: bool) -> dict[str, Any]:
-        return {
-            "env": env_id,
-            "agent": str(getattr(agent, "name", type(agent).__name__)),
-            "game": game_name,
-            "episodes": len(scores),
-            "frames": int(sum(episode_frames)),
-            "seeds": list(seeds),
-            "scores": list(scores),
-            "episode_frames": list(episode_frames),
-            "rows_written": writer.rows_written,
-            "shards": [f"{DATA_DIR}/{s}" for s in writer.shards],
-            "shard_frames": shard_frames,
-            "fps": getattr(env, "fps", None),
-            "explore": explore,
-            "explored_frames": explored,
-            "complete": complete,
-        }
-
-    interrupted = started = False
-    score, n = 0.0, 0
-    try:
-        for episode in range(episodes):
-            ep_seed = seed + episode
-            frame, _ = env.reset(seed=ep_seed)
-            agent.reset(env, ep_seed)
-            # One random choice per burst (held at least the longest burst), bursts timed by `rng`.
-            noise = RandomAgent(ep_seed, min_hold=high, max_hold=high) if explore > 0 else None
-            rng = np.random.default_rng([ep_seed, 1])
-            burst = 0
-            score, n, started = 0.0, 0, True
-            seeds.append(ep_seed)
-            while max_frames is None or n < max_frames:
-                state = agent.act(env, frame)
-                if not isinstance(state, GamepadState):
-                    raise TypeError(f"agent {agent!r} returned {type(state).__name__}, expected GamepadState")
-                executed = state
-                if noise is not None:
-                    if burst == 0 and rng.random() < explore:
-                        noise.reset(env)
-                        burst = int(rng.integers(low, high + 1))
-                    if burst > 0:
-                        executed, burst = noise.act(env, frame), burst - 1
-                        explored += 1
-                next_frame, reward, terminated, truncated, _ = env.step(executed)
-                score += float(reward)
-                writer.add(
-                    {
-                        "image": {"bytes": png_bytes(frame), "path": None},
-                        **state_columns(state),
-                        "episode_id": episode,
-                        "frame": n,
-                        "reward": float(reward),
-                        "score": score,
-                        "game": game_name,
-                    }
-                )
-                n += 1
-                if len(writer) >= shard_frames:
-                    writer.flush()
-                    _write_json(out / INFO_FILE, summary(complete=False))
-                frame = next_frame
-                if terminated or truncated:
-                    break
-            scores.append(score)
-            episode_frames.append(n)
-            started = False
-    except KeyboardInterrupt:
-        # A deliberate stop (Ctrl-C, or a person closing the window): keep every frame played.
-        interrupted = True
-        if started:  # else it stopped between episodes
-            scores.append(score)
-            episode_frames.append(n)
-    writer.flush()
-    result = summary(complete=True) | {"interrupted": interrupted}
-    _write_json(out / INFO_FILE, result)
-    return result
+    describe = {"env": env_id, "agent": spec.name, "fps": getattr(env, "fps", None), "explore": explore}
+    writer = DatasetWriter(out, game=game if game is not None else env_id, shard_frames=shard_frames, describe=describe)
+    interrupted = False
+    for episode in range(episodes):
+        stats = run_episode(env, policy, config, [writer], seed=seed + episode, episode=episode)
+        if stats.interrupted:
+            interrupted = True  # a deliberate stop: keep every frame played
+            break
+    writer.writer.flush()
+    return writer.write_info(complete=True, interrupted=interrupted)

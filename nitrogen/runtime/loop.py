@@ -248,12 +248,17 @@ class _Episode:
         self.pending = _Chunk(states_from_chunk(chunk.action_tensor), start, self.stats.chunks)
         self.stats.chunks += 1
 
-    def play_frame(self) -> bool:
-        """Play one frame: the newest chunk's action for it, or neutral. True when the episode ends."""
+    def promote(self) -> None:
+        """The pending chunk takes over once its start frame has come; actions already past are stale."""
         f = self.stats.frames
         if self.pending is not None and f >= self.pending.start:
             self.current, self.pending = self.pending, None
             self.stats.stale += min(f - self.current.start, len(self.current.states))
+
+    def play_frame(self) -> bool:
+        """Play one frame: the newest chunk's action for it, or neutral. True when the episode ends."""
+        self.promote()
+        f = self.stats.frames
         cur = self.current
         k = f - cur.start if cur is not None else -1
         if cur is not None and 0 <= k < len(cur.states):
@@ -351,6 +356,7 @@ def _run_sync(ep: _Episode) -> None:
     pause, resume = getattr(ep.env, "pause", None), getattr(ep.env, "resume", None)
     next_observation = ep.stats.frames
     while True:
+        ep.promote()
         if ep.stats.frames >= next_observation:
             observed_at = ep.stats.frames
             t0 = time.perf_counter()
@@ -365,7 +371,7 @@ def _run_sync(ep: _Episode) -> None:
             ep.arrived(chunk, observed_at, (time.perf_counter() - t0) * 1e3, first_now=first)
             clock.restart()  # the game was paused while the policy thought
             # The next chunk's first action lands right after this one's `per_chunk` actions; it
-            # is not asked for before this one has started (when per_chunk < shift).
+            # is not asked for before this one has taken over (when per_chunk < shift).
             segment_end = ep.pending.start + ep.per_chunk
             next_observation = max(segment_end - ep.shift, ep.pending.start, observed_at + 1)
         if ep.play_frame():
@@ -439,6 +445,7 @@ def _run_async(ep: _Episode) -> None:
         next_request: int | None = None
         clock.restart()
         while True:
+            ep.promote()
             arrived = predictor.poll()
             if arrived is not None:
                 chunk, observed_at, latency_ms = arrived

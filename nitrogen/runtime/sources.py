@@ -62,7 +62,8 @@ class AgentPolicy:
         return ActionChunk.from_action_tensor(state.to_action_vector()[None], timing)
 
     def reset(self) -> None:
-        self.agent.reset(self.env, self.env.episode_seed)
+        # The env has just started the episode; an env-like without ``episode_seed`` gives None.
+        self.agent.reset(self.env, getattr(self.env, "episode_seed", None))
 
     def info(self) -> dict[str, Any]:
         return {"policy": self._spec.kind, "name": self._spec.name}
@@ -182,11 +183,12 @@ def make_policy(
     device: str | None = None,
     dtype: str | None = None,
     game: str | int | None = None,
+    num_steps: int | None = None,
 ) -> Policy:
     """The policy a source string names (see the module docstring).
 
-    ``seed`` seeds an in-process model's noise and an agent's choices; ``device``, ``dtype`` and
-    ``game`` apply to in-process models. Raises ``ValueError`` for an unknown source, and
+    ``seed`` seeds an in-process model's noise and an agent's choices; ``device``, ``dtype``,
+    ``game`` and ``num_steps`` (Euler steps) apply to in-process models. Raises ``ValueError`` for an unknown source, and
     :class:`~nitrogen.runtime.experts.NoExpertError` (a ``LookupError``) when ``scripted`` has no
     expert for ``env``.
     """
@@ -200,7 +202,9 @@ def make_policy(
             value = str(agent_path())
         if not value:
             raise ValueError("ckpt: needs a path, e.g. ckpt:runs/mygame/model.pt")
-        return InferenceSession.from_checkpoint(value, device=device, dtype=dtype, game=game, seed=seed)
+        return InferenceSession.from_checkpoint(
+            value, device=device, dtype=dtype, game=game, seed=seed, num_steps=num_steps
+        )
     if kind == "server":
         from ..serving.client import ModelClient
 
@@ -222,6 +226,15 @@ def make_policy(
 
         return AgentPolicy(make_agent(source, str(env.spec_id), seed), env, kind=source)
     raise ValueError(f"unknown policy {source!r}: use one of {', '.join(SOURCE_KINDS)}")
+
+
+def as_policy(obj: Policy | Agent, env: Any) -> Policy:
+    """``obj`` itself if it is a policy; a frame-by-frame agent wrapped by :class:`AgentPolicy`."""
+    if isinstance(obj, Policy):
+        return obj
+    if isinstance(obj, Agent):
+        return AgentPolicy(obj, env, kind=getattr(obj, "kind", "agent"))
+    raise TypeError(f"{type(obj).__name__} is neither a Policy (predict/reset/close/spec) nor an Agent (act/reset)")
 
 
 def has_policy_for(source: str, env_id: str) -> bool:
@@ -254,6 +267,7 @@ def policy_label(source: str) -> str:
 __all__ = [
     "AGENT_SOURCES",
     "AgentPolicy",
+    "as_policy",
     "DelayedPolicy",
     "ReplayPolicy",
     "has_policy_for",

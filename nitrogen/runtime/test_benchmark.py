@@ -25,9 +25,9 @@ class FireAndRight:
 def test_eval_table_for_a_tiny_checkpoint_and_an_agent(tiny_ckpt, tmp_path):
     policy = InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", seed=0)
     contenders = {
-        "tiny": lambda env_id: ("policy", policy),
-        "fire-right": lambda env_id: ("agent", FireAndRight()),
-        "expert": lambda env_id: (_ for _ in ()).throw(KeyError(env_id)),  # nothing for this game
+        "tiny": lambda env: policy,
+        "fire-right": lambda env: FireAndRight(),
+        "expert": lambda env: (_ for _ in ()).throw(KeyError(env.spec_id)),  # nothing for this game
     }
     results = evaluate(["ale:Breakout"], contenders, seeds=[0, 1], max_frames=90)
     assert sorted({r.contender for r in results}) == ["fire-right", "tiny"]
@@ -68,9 +68,9 @@ def test_a_game_without_a_scripted_expert_is_evaluated_without_that_baseline():
     from nitrogen.runtime.agents import make_agent
     from nitrogen.runtime.experts import NoExpertError
 
-    contenders = {name: (lambda env_id, n=name: ("agent", make_agent(n, env_id, 0))) for name in ("random", "scripted")}
+    contenders = {name: (lambda env, n=name: make_agent(n, env.spec_id, 0)) for name in ("random", "scripted")}
     with pytest.raises(NoExpertError):
-        contenders["scripted"]("ale:Tennis")
+        make_agent("scripted", "ale:Tennis", 0)
     results = evaluate(["ale:Tennis", "ale:Pong"], contenders, seeds=[0], max_frames=30)
     assert [(r.env, r.contender) for r in results] == [
         ("ale:Tennis", "random"),
