@@ -317,7 +317,7 @@ def play(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Play ``config.episodes`` episodes, recording each into its own folder under ``out_dir``."""
-    from ..rundir.recording import RunRecorder, new_run_dir
+    from ..rundir.run_folder import RunRecorder, new_run_dir
 
     config = config or PlayConfig()
     summaries = []
