@@ -174,7 +174,8 @@ class RunRecorder:
         self._rewards += 1
 
     def status_text(self, step: int, substep: int, stale: bool = False) -> str:
-        """The default status line of the debug video: ``"step 12.3 | 55 fps | 120 ms"`` (fps and latency when known)."""
+        """The default status line of the debug video: ``"step 12.3 | 55 fps | 120 ms"`` (fps and
+        latency when known)."""
         parts = [f"step {step}.{substep}"]
         if self._fps_ema is not None:
             parts.append(f"{self._fps_ema:.0f} fps")

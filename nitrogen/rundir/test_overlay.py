@@ -57,7 +57,8 @@ def test_the_game_picture_is_copied_unchanged_and_nothing_is_drawn_on_it(
     layout = debug_layout(w, h)
     k = layout.scale
     upscaled = np.repeat(np.repeat(frame, k, axis=0), k, axis=1)  # nearest-neighbour, by hand
-    for state in (GamepadState(), _state(1), GamepadState(buttons=frozenset({"SOUTH", "LEFT_THUMB"}), left_trigger=1.0)):
+    busy = GamepadState(buttons=frozenset({"SOUTH", "LEFT_THUMB"}), left_stick=(1.0, 1.0), left_trigger=1.0)
+    for state in (GamepadState(), _state(1), busy):
         out = debug_frame(frame, state, text="step 12.3 | 55 fps | 120 ms | stale")
         np.testing.assert_array_equal(out[: h * k, : w * k], upscaled)
         assert out.shape[1] % 2 == 0 and out.shape[0] % 2 == 0  # libx264 / yuv420p needs even sides
