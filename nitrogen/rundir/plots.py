@@ -1,70 +1,340 @@
-"""A loss-curve PNG drawn with OpenCV (no plotting library needed)."""
+"""The plots of the project, drawn with matplotlib: training curves and the evaluation chart.
+
+* :func:`plot_curves` (:func:`curves_figure`): train and eval loss against the step
+  (``curves.png`` of a training run).
+* :func:`eval_chart` (:func:`eval_figure`): one panel per game on its own score scale, and a "gap closed" panel where
+  every game is normalised to random = 0 and expert = 1 (``results.png`` of ``nitrogen eval``).
+  It takes plain :class:`ScoreRow` data, so it knows nothing of the benchmark harness.
+* :func:`policy_label` / :func:`policy_labels`: readable names for ``--policy`` specs.
+
+Figures are :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas directly, so the
+backend is Agg whatever ``pyplot`` is set to, and no global pyplot state (current figure, backend)
+is touched. PNGs are written through :func:`nitrogen.atomic.atomic_write`. matplotlib is in the
+``train`` and ``play`` extras and is imported when a plot is drawn.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import cv2
-import numpy as np
+from ..atomic import atomic_write
+
+__all__ = ["ScoreRow", "curves_figure", "eval_chart", "eval_figure", "plot_curves", "policy_label", "policy_labels"]
 
 Series = Sequence[tuple[int, float]]
+
+_DPI = 100
+_SMOOTH_MIN_POINTS = 50
+_EVAL_TITLE = "mean score per game (whisker: std over episodes)"
+_TRAIN_COLOUR, _EVAL_COLOUR = "#1f77b4", "#d62728"
+_BASELINE_COLOURS = {"random": "#b0b0b0", "scripted": "#505050"}
+_POLICY_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def _new_figure(width_px: int, height_px: int) -> Any:
+    """A Figure on its own Agg canvas (no pyplot), ``width_px`` x ``height_px`` at :data:`_DPI`."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        from ..envs.base import MissingDependencyError
+
+        raise MissingDependencyError(
+            "plots need matplotlib: pip install 'nitrogen[train]' (or 'nitrogen[play]', or 'matplotlib>=3.7,<4')"
+        ) from exc
+    fig = Figure(figsize=(width_px / _DPI, height_px / _DPI), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _moving_average(values: Sequence[float]) -> list[float]:
+    """Centred moving average over ~2% of the points (at least 5), shrinking at the ends."""
+    half = max(2, len(values) // 100)
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    out = []
+    for i in range(len(values)):
+        lo, hi = max(0, i - half), min(len(values), i + half + 1)
+        out.append((sums[hi] - sums[lo]) / (hi - lo))
+    return out
+
+
+def _save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Render ``fig`` with its Agg canvas and write the PNG to ``path`` atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return atomic_write(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Training curves
+# --------------------------------------------------------------------------------------------------
 
 
 def plot_curves(
     path: str | os.PathLike[str], train: Series, evals: Series = (), size: tuple[int, int] = (800, 480)
 ) -> Path:
-    """Write train (blue) and eval (red) loss vs step to ``path`` atomically; returns the path.
+    """Write :func:`curves_figure` of ``train`` and ``evals`` to ``path`` (PNG, atomically); returns it."""
+    return _save_png(curves_figure(train, evals, size), path)
 
-    The loss axis is logarithmic when every value is positive and they span more than a factor of 10,
-    so the slow late part of a run stays readable next to its steep start.
+
+def curves_figure(train: Series, evals: Series = (), size: tuple[int, int] = (800, 480)) -> Any:
+    """The figure of train (blue line) and eval (red line with dots) loss vs step (``Figure``).
+
+    ``size`` is ``(width, height)`` in pixels. Non-finite losses are left out. A train series of
+    :data:`_SMOOTH_MIN_POINTS` or more points is drawn faint, with its centred moving average over
+    about 2% of the points on top. The loss axis is
+    logarithmic when every value is positive and they span more than a factor of 10, so the slow
+    late part of a run stays readable next to its steep start.
     """
-    W, H = size
-    left, right, top, bottom = 70, 20, 30, 50
-    img = np.full((H, W, 3), 255, np.uint8)
-    pts = [(s, v) for s, v in [*train, *evals] if math.isfinite(v)]
-    x0, y0, x1, y1 = left, top, W - right, H - bottom
-    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-    if pts:
-        smin, smax = min(p[0] for p in pts), max(p[0] for p in pts)
-        vmin, vmax = min(p[1] for p in pts), max(p[1] for p in pts)
-        log = vmin > 0 and vmax / vmin > 10
-        scale = math.log10 if log else float
-        lo, hi = scale(vmin), scale(vmax)
-        smax, hi = (smax if smax > smin else smin + 1), (hi if hi > lo else lo + 1e-6)
+    fig = _new_figure(*size)
+    ax = fig.add_subplot()
+    values = []
+    for series, colour, label, is_eval in (
+        (train, _TRAIN_COLOUR, "train loss", False),
+        (evals, _EVAL_COLOUR, "eval loss", True),
+    ):
+        points = [(s, v) for s, v in series if math.isfinite(v)]
+        values += [v for _, v in points]
+        if not points:
+            continue
+        steps, losses = zip(*points, strict=True)
+        marker = "o" if is_eval or len(points) == 1 else None  # a single point is a dot, not an invisible line
+        if not is_eval and len(points) >= _SMOOTH_MIN_POINTS:
+            # Noisy per-step losses: the raw curve faint, a moving average on top.
+            ax.plot(steps, losses, color=colour, linewidth=0.8, alpha=0.3)
+            ax.plot(steps, _moving_average(losses), color=colour, linewidth=1.8, label=f"{label} (moving average)")
+        else:
+            ax.plot(steps, losses, color=colour, linewidth=1.5, marker=marker, markersize=4, label=label)
+    if values and min(values) > 0 and max(values) / min(values) > 10:
+        from matplotlib.ticker import FuncFormatter, LogLocator
 
-        def xy(s: float, v: float) -> tuple[int, int]:
-            return (int(x0 + (s - smin) / (smax - smin) * (x1 - x0)), int(y1 - (scale(v) - lo) / (hi - lo) * (y1 - y0)))
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_ylabel("loss (log scale)")
+    else:
+        ax.set_ylabel("loss")
+    ax.set_xlabel("step")
+    ax.set_title("training curves")
+    ax.grid(True, which="major", alpha=0.3)
+    if values:
+        ax.legend(loc="upper right")
+    return fig
 
-        for series, color in ((train, (200, 80, 0)), (evals, (0, 0, 220))):
-            line = [xy(s, v) for s, v in series if math.isfinite(v)]
-            if len(line) > 1:
-                cv2.polylines(img, [np.array(line, np.int32)], False, color, 2, cv2.LINE_AA)
-            for p in line if len(line) <= 1 or series is evals else ():
-                cv2.circle(img, p, 3, color, -1, cv2.LINE_AA)
-        font = cv2.FONT_HERSHEY_SIMPLEX
-        ticks = [vmax, vmin]
-        if log:  # the powers of ten in between, as dotted gridlines
-            ticks += [10.0**k for k in range(math.ceil(lo), math.floor(hi) + 1) if vmin < 10.0**k < vmax]
-            ticks = [v for v in ticks if v in (vmax, vmin) or y0 + 15 < xy(smin, v)[1] < y1 - 15]
-        for v in ticks:
-            y = xy(smin, v)[1]
-            if v not in (vmax, vmin):
-                for x in range(x0, x1, 8):
-                    cv2.line(img, (x, y), (x + 2, y), (180, 180, 180), 1)
-            cv2.putText(img, f"{v:.3g}", (5, y + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        if log:
-            cv2.putText(img, "log scale", (x1 - 80, 20), font, 0.45, (90, 90, 90), 1, cv2.LINE_AA)
-        for s, x in ((smin, x0), (smax, x1 - 8 * len(str(int(smax))))):
-            cv2.putText(img, str(int(s)), (x, y1 + 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, "step", ((x0 + x1) // 2 - 15, H - 10), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "train loss", (x0 + 10, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (200, 80, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "eval loss", (x0 + 120, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 220), 1, cv2.LINE_AA)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), img):
-        raise OSError(f"cv2 could not write {tmp}")
-    os.replace(tmp, path)
-    return path
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation chart
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One bar of the evaluation chart: a policy's score on a game."""
+
+    game: str
+    policy: str
+    """The label shown (see :func:`policy_label`); ``random`` and ``scripted`` are the baselines."""
+    score_mean: float
+    score_std: float = 0.0
+    gap_closed: float | None = None
+    """``(score - random) / (expert - random)``, or ``None`` (baselines, games without both)."""
+
+
+def policy_label(spec: str) -> str:
+    """A readable label for a ``--policy`` spec, for charts.
+
+    ``ckpt:PATH`` shows as the name of the agent card (``agent.json``) beside the checkpoint when
+    there is a valid one, else as ``<folder>/<file>`` (``ckpt:/a/b/runs/x/model.pt`` ->
+    ``x/model.pt``); ``replay:PATH`` as ``replay:<file>``. Everything else (``random``,
+    ``scripted``, ``server:ADDR``) stays as it is.
+    """
+    kind, sep, value = spec.partition(":")
+    if not sep or kind not in ("ckpt", "replay") or not value:
+        return spec
+    path = Path(value)
+    if kind == "replay":
+        return f"replay:{path.name}"
+    from ..default_agent import CARD_FILE, AgentCard
+
+    card = path.parent / CARD_FILE
+    if card.is_file():
+        try:
+            return AgentCard.model_validate_json(card.read_text(encoding="utf-8")).name
+        except (OSError, ValueError):  # not a card of ours: fall back to the path
+            pass
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def policy_labels(specs: Iterable[str]) -> dict[str, str]:
+    """``spec -> label`` by :func:`policy_label`; specs whose labels would collide keep their spec."""
+    specs = list(dict.fromkeys(specs))
+    labels = {spec: policy_label(spec) for spec in specs}
+    taken: dict[str, int] = {}
+    for label in labels.values():
+        taken[label] = taken.get(label, 0) + 1
+    return {spec: (label if taken[label] == 1 else spec) for spec, label in labels.items()}
+
+
+def _colours(policies: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per policy across all panels: greys for the baselines."""
+    out, i = {}, 0
+    for policy in policies:
+        if policy in _BASELINE_COLOURS:
+            out[policy] = _BASELINE_COLOURS[policy]
+        else:
+            out[policy] = _POLICY_COLOURS[i % len(_POLICY_COLOURS)]
+            i += 1
+    return out
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.1f}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def eval_chart(
+    path: str | os.PathLike[str],
+    rows: Sequence[ScoreRow],
+    *,
+    title: str = _EVAL_TITLE,
+    width: int | None = None,
+    row_height: int = 36,
+) -> Path:
+    """Write :func:`eval_figure` of ``rows`` to ``path`` (PNG, atomically); returns the path."""
+    return _save_png(eval_figure(rows, title=title, width=width, row_height=row_height), path)
+
+
+def eval_figure(
+    rows: Sequence[ScoreRow], *, title: str = _EVAL_TITLE, width: int | None = None, row_height: int = 36
+) -> Any:
+    """The evaluation chart of ``rows`` (a ``Figure``).
+
+    One panel per game, in the order of first appearance, each with its own score axis: a
+    horizontal bar per policy at the mean score with a std whisker and the value written beside it.
+    When some row has a ``gap_closed`` value, a last "gap closed" panel puts every game on the same
+    scale, random = 0 and expert = 1 (dashed lines), with one bar per game and policy. A policy
+    keeps its colour in every panel. Panels are laid out three to a row; ``width`` is the figure
+    width in pixels (default 360 per panel column), ``row_height`` the pixels per bar.
+    """
+    games = list(dict.fromkeys(r.game for r in rows))
+    policies = list(dict.fromkeys(r.policy for r in rows))
+    seen: set[tuple[str, str]] = set()
+    for r in rows:
+        if (r.game, r.policy) in seen:
+            raise ValueError(f"two rows for game {r.game!r} and policy {r.policy!r}")
+        seen.add((r.game, r.policy))
+    gaps = [r for r in rows if r.gap_closed is not None and math.isfinite(r.gap_closed)]
+    colours = _colours(policies)
+
+    panels = len(games) + bool(gaps) or 1
+    cols = min(3, panels)
+    lines = max([sum(r.game == g for r in rows) for g in games] + [len(gaps), 1])
+    height = 60 + math.ceil(panels / cols) * (110 + row_height * lines)
+    fig = _new_figure(width or 360 * cols, height)
+    fig.suptitle(title)
+    axes = fig.subplots(math.ceil(panels / cols), cols, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    if not rows:
+        axes[0].text(0.5, 0.5, "no results", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+
+    for ax, game in zip(axes, games, strict=False):
+        game_rows = [r for r in rows if r.game == game]
+        _bars(
+            ax,
+            [r.policy for r in game_rows],
+            [r.score_mean for r in game_rows],
+            [r.score_std for r in game_rows],
+            [colours[r.policy] for r in game_rows],
+            [_fmt(r.score_mean) for r in game_rows],
+        )
+        ax.set_title(game)
+        ax.set_xlabel("score")
+
+    if gaps:
+        ax = axes[len(games)]
+        several = len({r.policy for r in gaps}) > 1
+        values = [r.gap_closed for r in gaps]
+        _bars(
+            ax,
+            [f"{r.game}\n{r.policy}" if several else r.game for r in gaps],
+            values,
+            None,
+            [colours[r.policy] for r in gaps],
+            [f"{v:.0%}" for v in values],
+        )
+        for x, name in ((0.0, "random"), (1.0, "expert")):
+            ax.axvline(x, color="#505050", linestyle="--", linewidth=1)
+            ax.annotate(
+                name,
+                (x, 1.0),
+                xycoords=("data", "axes fraction"),  # x in data, y at the top of the axes
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="#505050",
+            )
+        lo, hi = min([0.0, *values]), max([1.0, *values])
+        ax.set_xlim(lo - 0.08 * (hi - lo), hi + 0.25 * (hi - lo))
+        ax.xaxis.set_major_formatter(_percent_formatter())
+        ax.set_title("gap closed", pad=14)
+        ax.set_xlabel("random = 0%, expert = 100%")
+    return fig
+
+
+def _percent_formatter() -> Any:
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(xmax=1.0, decimals=0)
+
+
+def _bars(
+    ax: Any,
+    labels: Sequence[str],
+    values: Sequence[float],
+    stds: Sequence[float] | None,
+    colours: Sequence[str],
+    texts: Sequence[str],
+) -> None:
+    """Horizontal bars, first at the top, with optional std whiskers and a value text beside each."""
+    ys = list(range(len(labels)))
+    ax.barh(
+        ys,
+        values,
+        xerr=stds,
+        color=colours,
+        height=0.6,
+        capsize=3 if stds else 0,
+        error_kw={"elinewidth": 1, "ecolor": "#202020"},
+    )
+    ax.set_yticks(ys, labels)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    # Where each bar's whisker ends (away from 0), so texts sit beyond it.
+    ends = [v + math.copysign(s, v) for v, s in zip(values, stds or [0.0] * len(values), strict=True)]
+    lo, hi = min([0.0, *ends]), max([0.0, *ends])
+    span = (hi - lo) or 1.0
+    # Room for the value texts: right of bars that end >= 0, left of those that end < 0.
+    ax.set_xlim(lo - (0.25 * span if lo < 0 else 0.0), hi + (0.22 * span if hi > 0 or lo == 0 else 0.05 * span))
+    for y, end, text in zip(ys, ends, texts, strict=True):
+        ax.annotate(
+            text,
+            (end, y),
+            xytext=(4 if end >= 0 else -4, 0),
+            textcoords="offset points",
+            ha="left" if end >= 0 else "right",
+            va="center",
+            fontsize=9,
+        )

@@ -9,14 +9,12 @@ a PNG bar chart.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..policy import Policy
@@ -151,56 +149,41 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
     return "\n".join(lines)
 
 
-def bar_chart(summaries: Sequence[Summary], path: Path, width: int = 900, row_h: int = 36) -> Path:
-    """Horizontal bars of mean score (with a std whisker) per game and contender, drawn with OpenCV."""
-    height = 60 + row_h * max(len(summaries), 1)
-    img = np.full((height, width, 3), 255, np.uint8)
-    cv2.putText(img, "mean score per game and policy (whisker: std)", (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 0, 1)
-    lo = min([0.0] + [s.score_mean - s.score_std for s in summaries])
-    hi = max([1e-9] + [s.score_mean + s.score_std for s in summaries])
-    left, right = 300, width - 20
+def bar_chart(summaries: Sequence[Summary], path: Path, width: int | None = None, row_h: int = 36) -> Path:
+    """The evaluation chart of ``summaries`` (:func:`nitrogen.rundir.plots.eval_chart`): one panel per
+    game on its own scale and a gap-closed panel, policies labelled by
+    :func:`~nitrogen.rundir.plots.policy_labels`. ``width`` is in pixels, ``row_h`` pixels per bar."""
+    from ..rundir.plots import ScoreRow, eval_chart, policy_labels
 
-    def x(v: float) -> int:
-        return int(left + (v - lo) / (hi - lo) * (right - left))
-
-    palette = [(66, 133, 244), (219, 68, 55), (244, 160, 0), (15, 157, 88), (171, 71, 188)]
-    names = sorted({s.contender for s in summaries})
-    for i, s in enumerate(summaries):
-        y = 50 + i * row_h
-        colour = palette[names.index(s.contender) % len(palette)]
-        cv2.putText(img, f"{s.env} / {s.contender}"[:38], (10, y + 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 0, 1)
-        cv2.rectangle(img, (x(0.0), y + 6), (x(s.score_mean), y + row_h - 8), colour[::-1], -1)
-        cv2.line(
-            img, (x(s.score_mean - s.score_std), y + row_h // 2), (x(s.score_mean + s.score_std), y + row_h // 2), 0, 1
-        )
-        cv2.putText(
-            img,
-            f"{s.score_mean:.1f}",
-            (min(x(s.score_mean) + 4, right - 50), y + 20),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            0,
-            1,
-        )
-    cv2.line(img, (x(0.0), 40), (x(0.0), height - 5), (120, 120, 120), 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    return path
+    closed = gap_closed(summaries)
+    labels = policy_labels(s.contender for s in summaries)
+    rows = [
+        ScoreRow(s.env, labels[s.contender], s.score_mean, s.score_std, closed.get((s.env, s.contender)))
+        for s in summaries
+    ]
+    return eval_chart(path, rows, width=width, row_height=row_h)
 
 
 def write_results(results: Sequence[EpisodeResult], out_dir: Path) -> dict[str, Path]:
-    """``results.md``, ``results.json`` (summaries and every episode) and ``results.png``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """``results.md``, ``results.json`` (summaries, with their chart label, and every episode) and
+    ``results.png`` (:func:`bar_chart`), each written atomically: a reader of an earlier evaluation
+    in ``out_dir`` sees the old file or the new one, never a torn one."""
+    from ..atomic import atomic_write, atomic_write_json
+    from ..rundir.plots import policy_labels
+
+    out_dir = Path(out_dir)
     summaries = summarize(results)
-    (out_dir / "results.md").write_text(markdown_table(summaries) + "\n")
     closed = gap_closed(summaries)
+    labels = policy_labels(s.contender for s in summaries)
     doc = {
-        "summaries": [asdict(s) | {"gap_closed": closed.get((s.env, s.contender))} for s in summaries],
+        "summaries": [
+            asdict(s) | {"gap_closed": closed.get((s.env, s.contender)), "label": labels[s.contender]}
+            for s in summaries
+        ],
         "episodes": [asdict(r) for r in results],
     }
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=2))
     return {
-        "markdown": out_dir / "results.md",
-        "json": out_dir / "results.json",
+        "markdown": atomic_write(out_dir / "results.md", markdown_table(summaries) + "\n"),
+        "json": atomic_write_json(out_dir / "results.json", doc),
         "png": bar_chart(summaries, out_dir / "results.png"),
     }

@@ -507,7 +507,7 @@ class RunFolderObserver(Observer):
         self.summary: dict[str, Any] | None = None
 
     def on_episode_start(self, episode: int, seed: int | None) -> None:
-        from ..rundir.recording import RunRecorder, new_run_dir
+        from ..rundir.run_folder import RunRecorder, new_run_dir
 
         self.run_dir = new_run_dir(self.root, f"{_slug(getattr(self.env, 'spec_id', 'game'))}-ep{episode}")
         self.recorder = RunRecorder(self.run_dir, fps=float(getattr(self.env, "fps", 60.0)), video=self.config.video)

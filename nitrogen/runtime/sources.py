@@ -246,24 +246,6 @@ def has_policy_for(source: str, env_id: str) -> bool:
     return env_id.strip().lower() in {key.lower() for key in EXPERTS}
 
 
-def policy_label(source: str) -> str:
-    """A readable name for a source in tables and charts: a checkpoint's card name, or its folder and
-    file name (``runs/x/model.pt`` -> ``x/model.pt``), never a path cut at some length."""
-    kind, _, value = source.partition(":")
-    if kind not in ("ckpt", "replay") or not value:
-        return source
-    path = Path(value)
-    card = path.with_name("agent.json")
-    if kind == "ckpt" and card.is_file():
-        try:
-            name = json.loads(card.read_text()).get("name")
-        except (OSError, ValueError):
-            name = None
-        if isinstance(name, str) and name:
-            return name
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-
-
 __all__ = [
     "AGENT_SOURCES",
     "AgentPolicy",
@@ -272,6 +254,5 @@ __all__ = [
     "ReplayPolicy",
     "has_policy_for",
     "make_policy",
-    "policy_label",
     "read_actions",
 ]

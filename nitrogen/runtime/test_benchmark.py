@@ -77,3 +77,35 @@ def test_a_game_without_a_scripted_expert_is_evaluated_without_that_baseline():
         ("ale:Pong", "random"),
         ("ale:Pong", "scripted"),
     ]
+
+
+def test_write_results_rewrites_atomically_with_readable_labels(tmp_path):
+    from nitrogen.default_agent import ASSET_DIR, CARD_FILE
+    from nitrogen.runtime.benchmark import EpisodeResult
+
+    card_dir = tmp_path / "agent"
+    card_dir.mkdir()
+    (card_dir / CARD_FILE).write_text((ASSET_DIR / CARD_FILE).read_text())
+    agent = f"ckpt:{tmp_path}/runs/x/model.pt"
+    carded = f"ckpt:{card_dir}/model.pt"
+    scores = {
+        "ale:Freeway": {agent: 8, carded: 10, "random": 0, "scripted": 12},
+        "ale:Gopher": {agent: 438, carded: 500, "random": 202, "scripted": 520},
+    }
+    results = [
+        EpisodeResult(game, name, seed, score, 100, 1.0)
+        for game, by_policy in scores.items()
+        for name, score in by_policy.items()
+        for seed in (0, 1)
+    ]
+    out = tmp_path / "eval"
+    write_results(results[:4], out)  # an earlier, smaller evaluation in the same folder
+    paths = write_results(results, out)
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md", "results.png"]  # no temp left
+    doc = json.loads(paths["json"].read_text())
+    assert len(doc["episodes"]) == len(results)
+    labels = {s["contender"]: s["label"] for s in doc["summaries"]}
+    assert labels == {agent: "x/model.pt", carded: "nitrogen-default-agent", "random": "random", "scripted": "scripted"}
+    assert "| ale:Gopher |" in paths["markdown"].read_text()
+    image = cv2.imread(str(paths["png"]))
+    assert image is not None and image.shape[1] == 3 * 360  # Freeway, Gopher, gap closed

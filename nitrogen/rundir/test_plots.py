@@ -1,0 +1,141 @@
+"""Tests of nitrogen.rundir.plots: real matplotlib figures, real PNG files, real agent cards."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from nitrogen.default_agent import ASSET_DIR, CARD_FILE, AgentCard
+from nitrogen.rundir.plots import (
+    ScoreRow,
+    curves_figure,
+    eval_chart,
+    eval_figure,
+    plot_curves,
+    policy_label,
+    policy_labels,
+)
+
+# The numbers of a real evaluation: Freeway 0-12, Gopher 200-540 (one axis could not show both).
+ROWS = [
+    ScoreRow("ale:Freeway", "x/model.pt", 8.0, 0.9, 8.0 / 12.0),
+    ScoreRow("ale:Freeway", "random", 0.0, 0.0),
+    ScoreRow("ale:Freeway", "scripted", 12.0, 0.0),
+    ScoreRow("ale:Gopher", "x/model.pt", 438.0, 144.0, (438.0 - 202.0) / (520.0 - 202.0)),
+    ScoreRow("ale:Gopher", "random", 202.0, 0.0),
+    ScoreRow("ale:Gopher", "scripted", 520.0, 0.0),
+]
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not list(folder.glob(".*.tmp"))
+
+
+def test_plot_curves_writes_a_png_of_the_asked_size(tmp_path: Path) -> None:
+    train = [(s, 2.0 * math.exp(-s / 30) + 0.05) for s in range(1, 201)]
+    evals = [(s, 2.0 * math.exp(-s / 30) + 0.08) for s in range(20, 201, 20)] + [(210, float("nan"))]
+    path = plot_curves(tmp_path / "curves.png", train, evals, size=(640, 400))
+    assert path == tmp_path / "curves.png"
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape == (400, 640, 3)
+    assert _no_temp_files(tmp_path)
+    # Drawn: the image is not blank (lines and text on white).
+    assert (image < 200).any(axis=2).sum() > 2000
+
+
+def test_curves_use_a_log_axis_only_over_more_than_a_factor_of_ten() -> None:
+    steep = curves_figure([(s, 10.0 / s) for s in range(1, 100)])
+    flat = curves_figure([(s, 1.0 + 1.0 / s) for s in range(1, 100)])
+    assert steep.axes[0].get_yscale() == "log" and flat.axes[0].get_yscale() == "linear"
+    # A long noisy train series gets its moving average on top; the eval series keeps its points.
+    ax = curves_figure([(s, 1.0 + (s % 7) / 10) for s in range(1, 300)], [(100, 1.2), (200, 1.1)]).axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "train loss (moving average)" in labels and "eval loss" in labels
+    eval_line = next(line for line in ax.get_lines() if line.get_label() == "eval loss")
+    assert list(eval_line.get_xdata()) == [100, 200] and eval_line.get_marker() == "o"
+
+
+def test_empty_curves_still_write_a_png(tmp_path: Path) -> None:
+    image = cv2.imread(str(plot_curves(tmp_path / "empty.png", [], [])))
+    assert image is not None and image.shape == (480, 800, 3)
+
+
+def test_plots_leave_pyplot_alone(tmp_path: Path) -> None:
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    plot_curves(tmp_path / "c.png", [(1, 1.0), (2, 0.5)])
+    eval_chart(tmp_path / "e.png", ROWS)
+    assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
+
+
+def test_eval_chart_has_a_panel_per_game_on_its_own_scale_and_a_gap_panel(tmp_path: Path) -> None:
+    fig = eval_figure(ROWS)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["ale:Freeway", "ale:Gopher", "gap closed"]
+    freeway, gopher, gap = axes
+    # Each game on its own axis: Freeway's reaches past 12 but not near Gopher's 520.
+    assert 12.0 < freeway.get_xlim()[1] < 30.0
+    assert gopher.get_xlim()[1] > 582.0  # 438 + 144, the agent's whisker
+    for ax in (freeway, gopher):
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["x/model.pt", "random", "scripted"]
+    # The gap panel: random at 0, expert at 1, one bar per game for the one non-baseline policy.
+    assert [t.get_text() for t in gap.get_yticklabels()] == ["ale:Freeway", "ale:Gopher"]
+    widths = sorted(round(p.get_width(), 4) for p in gap.patches if p.get_height() > 0)
+    assert widths == sorted([round(8 / 12, 4), round(236 / 318, 4)])
+    assert gap.get_xlim()[0] < 0.0 and gap.get_xlim()[1] > 1.0
+    texts = {t.get_text() for t in gap.texts}
+    assert {"random", "expert", "67%", "74%"} <= texts
+
+    path = eval_chart(tmp_path / "results.png", ROWS)
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[1] == 3 * 360 and image.shape[0] > 200
+    assert _no_temp_files(tmp_path)
+
+
+def test_eval_chart_with_several_policies_names_them_in_the_gap_panel() -> None:
+    rows = [*ROWS, ScoreRow("ale:Freeway", "nitrogen-default-agent", 10.0, 1.0, 10.0 / 12.0)]
+    gap = [ax for ax in eval_figure(rows).axes if ax.get_title() == "gap closed"][0]
+    labels = [t.get_text() for t in gap.get_yticklabels()]
+    assert "ale:Freeway\nx/model.pt" in labels and "ale:Freeway\nnitrogen-default-agent" in labels
+
+
+def test_eval_chart_without_baselines_or_rows(tmp_path: Path) -> None:
+    fig = eval_figure([ScoreRow("ale:Pong", "random", -20.0, 1.0)])
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["ale:Pong"]
+    assert fig.axes[0].get_xlim()[0] < -21.0  # room left of the negative bar for its value
+    assert cv2.imread(str(eval_chart(tmp_path / "none.png", []))) is not None
+    with pytest.raises(ValueError, match="two rows"):
+        eval_figure([ROWS[0], ROWS[0]])
+
+
+def test_policy_labels_are_readable(tmp_path: Path) -> None:
+    assert policy_label("ckpt:/a/b/runs/x/model.pt") == "x/model.pt"
+    assert policy_label("ckpt:model.pt") == "model.pt"
+    assert policy_label("replay:/data/run-3/actions.jsonl") == "replay:actions.jsonl"
+    for spec in ("random", "scripted", "server:tcp://127.0.0.1:5555"):
+        assert policy_label(spec) == spec
+    # A checkpoint with an agent card beside it shows the card's name.
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    shutil.copy(ASSET_DIR / CARD_FILE, agent / CARD_FILE)
+    name = AgentCard.model_validate_json((ASSET_DIR / CARD_FILE).read_text()).name
+    assert policy_label(f"ckpt:{agent / 'model.pt'}") == name == "nitrogen-default-agent"
+    # A file of that name that is not a card: the path label.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CARD_FILE).write_text('{"not": "a card"}')
+    assert policy_label(f"ckpt:{other / 'best.pt'}") == "other/best.pt"
+
+
+def test_policy_labels_keep_the_spec_where_labels_would_collide() -> None:
+    specs = ["ckpt:/a/runs/x/model.pt", "ckpt:/b/runs/x/model.pt", "ckpt:/c/y/model.pt", "random", "random"]
+    assert policy_labels(specs) == {
+        "ckpt:/a/runs/x/model.pt": "ckpt:/a/runs/x/model.pt",
+        "ckpt:/b/runs/x/model.pt": "ckpt:/b/runs/x/model.pt",
+        "ckpt:/c/y/model.pt": "y/model.pt",
+        "random": "random",
+    }
