@@ -102,13 +102,13 @@ class WindowConfig(BaseModel):
 
         The frame size is not in ``modality_cfg``: pass ``image_size=`` or use :meth:`from_checkpoint`.
         """
-        return cls(
-            context_length=modality.frame_per_sample,
-            frame_spacing=modality.frame_spacing,
-            action_shift=modality.action_shift,
-            action_horizon=action_horizon,
-            **overrides,
-        )
+        fields = {
+            "context_length": modality.frame_per_sample,
+            "frame_spacing": modality.frame_spacing,
+            "action_shift": modality.action_shift,
+            "action_horizon": action_horizon,
+        }
+        return cls(**(fields | overrides))
 
     @classmethod
     def from_checkpoint(cls, raw: RawCheckpoint, **overrides: Any) -> WindowConfig:
