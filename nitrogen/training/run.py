@@ -57,7 +57,7 @@ class PreparedFinetune:
 
 
 def prepare_finetune(
-    data: Sequence[Any],
+    data: Any,
     ckpt: str | os.PathLike[str] | RawCheckpoint,
     *,
     config: FinetuneConfig | str | os.PathLike[str] | None = None,
@@ -71,7 +71,8 @@ def prepare_finetune(
 ) -> PreparedFinetune:
     """Assemble a fine-tuning run, as ``nitrogen finetune`` does.
 
-    * ``data``: gameplay sources for :func:`~nitrogen.data.load_gameplays` (hub ids, folders, parquet).
+    * ``data``: a gameplay source, or a list of them, for :func:`~nitrogen.data.load_gameplays` (hub
+      ids, folders, parquet files, ``datasets.Dataset`` objects).
     * ``ckpt``: a checkpoint file, ``init:PRESET`` (seeded with the config's seed) or a read checkpoint.
     * ``config``: a :class:`FinetuneConfig`, a YAML/JSON file of its fields, or None for the defaults;
       ``overrides`` (``key=value``) apply on top.
@@ -92,8 +93,9 @@ def prepare_finetune(
         cfg = load_config(config, list(overrides))
     raw = ckpt if isinstance(ckpt, RawCheckpoint) else starting_checkpoint(ckpt, cfg.seed)
     window = WindowConfig.from_checkpoint(raw, **({} if context is None else {"context_length": context}))
+    sources = list(data) if isinstance(data, (list, tuple)) else [data]
     dataset = GameplayDataset(
-        load_gameplays(data),
+        load_gameplays(sources),
         window,
         mapping=_column_mapping(mapping, deadzone),
         skip_bad=skip_bad,

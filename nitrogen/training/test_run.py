@@ -69,7 +69,7 @@ def test_prepare_finetune_cuts_windows_to_the_checkpoint(parquet: Path, tiny_ckp
 
 def test_prepare_finetune_feeds_game_ids_and_takes_a_config(parquet: Path, golden_dir: Path) -> None:
     raw = read_checkpoint(golden_dir / "game_padded.pt")
-    prep = prepare_finetune([parquet], raw, config=FinetuneConfig(lr=5e-4), overrides=["mode=full"], eval_fraction=0)
+    prep = prepare_finetune(parquet, raw, config=FinetuneConfig(lr=5e-4), overrides=["mode=full"], eval_fraction=0)
     assert (prep.config.lr, prep.config.mode) == (5e-4, "full")
     assert prep.checkpoint is raw and prep.eval is None and prep.train_indices == list(range(len(prep.dataset)))
     assert prep.window.image_size == 256
