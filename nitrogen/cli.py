@@ -444,48 +444,39 @@ def finetune(
     context: Annotated[int | None, typer.Option(help="Frames of context (default: the checkpoint's).")] = None,
     deadzone: Annotated[float | None, typer.Option(help="Analog stick deadzone, per axis.")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Warn about corrupt rows and skip them instead of stopping.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option(help="Keep decoded 256x256 frames here for later runs.")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Keep decoded frames (at the tower's input size) here for later runs.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.")] = False,
 ) -> None:
     """Fine-tune a checkpoint on a gameplay dataset, with LoRA or fully (also under `accelerate launch`)."""
     from pydantic import ValidationError
-    from torch.utils.data import Subset
 
-    from .data import PRESETS, GameplayDataset, WindowConfig, load_gameplays, load_mapping, split_by_episode
     from .data.schema import CorruptRowError
-    from .training.config import load_config
     from .training.run import finetune as run_finetune
-    from .training.run import starting_checkpoint
+    from .training.run import prepare_finetune
 
     try:
-        cfg = load_config(config, set_ or [])
-        raw = starting_checkpoint(ckpt, cfg.seed)
-        window = WindowConfig.from_modality(raw.config.modality_cfg, raw.config.model_cfg.action_horizon)
-        if context is not None:
-            window = window.model_copy(update={"context_length": context})
-        columns = None
-        if mapping is not None:
-            columns = PRESETS[mapping] if mapping in PRESETS else load_mapping(mapping)
-        if deadzone is not None:
-            columns = (columns or PRESETS["xbox"]).model_copy(update={"deadzone": deadzone})
-        dataset = GameplayDataset(load_gameplays(data), window, mapping=columns, skip_bad=skip_bad, cache_dir=cache_dir)
-        train_idx, eval_idx = (
-            split_by_episode(dataset, eval_fraction, seed=cfg.seed)
-            if eval_fraction
-            else (
-                list(range(len(dataset))),
-                [],
-            )
+        prep = prepare_finetune(
+            data,
+            ckpt,
+            config=config,
+            overrides=set_ or [],
+            mapping=mapping,
+            deadzone=deadzone,
+            context=context,
+            eval_fraction=eval_fraction,
+            skip_bad=skip_bad,
+            cache_dir=cache_dir,
         )
     except (NitrogenError, CorruptRowError, ValidationError, ValueError, OSError, KeyError) as exc:
         _fail(exc)
+    cfg = prep.config
     console.print(
-        f"{len(dataset)} windows ({len(train_idx)} train, {len(eval_idx)} eval) from {', '.join(data)}; "
-        f"{cfg.mode} fine-tuning of {ckpt} for {cfg.max_steps} steps -> {out}"
+        f"{len(prep.dataset)} windows ({len(prep.train_indices)} train, {len(prep.eval_indices)} eval) "
+        f"from {', '.join(data)}; {cfg.mode} fine-tuning of {ckpt} for {cfg.max_steps} steps -> {out}"
     )
-    summary = run_finetune(
-        cfg, raw, Subset(dataset, train_idx), Subset(dataset, eval_idx) if eval_idx else None, out, resume=resume
-    )
+    summary = run_finetune(cfg, prep.checkpoint, prep.train, prep.eval, out, resume=resume)
     console.print(f"done at step {summary.get('step')}: {summary.get('paths')}")
 
 

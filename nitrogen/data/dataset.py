@@ -15,9 +15,15 @@ episode. Anchors whose action range would run past the episode's last frame are 
 numbers are only used for ordering: gaps are not detected. :meth:`GameplayDataset.window_game`
 names each window's game, which the training eval uses to report metrics per game.
 
+Game ids: given the checkpoint's ``game_mapping`` (name -> id), each item also carries ``game_ids``,
+the id of its window's game, so fine-tuning trains the game embedding. A game the mapping lacks
+gets the unconditional id 0 (the mapping's ``""``), and a dataset without a ``game`` column gets 0
+everywhere; either is logged once, as a warning naming what was missing.
+
 Frames are decoded (PNG bytes / PIL / path -> RGB uint8), the optional ``mask_rect`` is painted
-black in source pixels, and the frame is squashed to ``S x S`` with ``INTER_AREA`` exactly as at
-play time (:func:`nitrogen.inference.preprocessing.resize_frame`), then normalised by
+black in source pixels, and the frame is squashed to ``S x S`` (the vision tower's input side, see
+:meth:`WindowConfig.from_checkpoint`) with ``INTER_AREA`` exactly as at play time
+(:func:`nitrogen.inference.preprocessing.resize_frame`), then normalised by
 :func:`nitrogen.inference.preprocessing.to_pixels`.
 
 Corrupt rows: an undecodable image, or a bad action cell (wrong-length / non-numeric / out-of-range
@@ -37,7 +43,8 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +52,31 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nitrogen.model.configuration import ModalityConfig
+from nitrogen.atomic import atomic_path, atomic_write_json
 from nitrogen.data.schema import ActionMapper, CorruptRowError, MappingConfig
 from nitrogen.inference.preprocessing import resize_frame, to_pixels
+from nitrogen.model.checkpoint import RawCheckpoint, vision_spec_for
+from nitrogen.model.configuration import ModalityConfig, ModelConfig
+from nitrogen.model.vision import lookup_spec
 
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 GAME_COLUMN = "game"
 """Optional column naming each row's game (``nitrogen record`` writes it)."""
+UNCONDITIONAL_GAME = ""
+"""The game-mapping name of id 0, the unconditional game."""
+
+
+@cache
+def released_image_size() -> int:
+    """The input side of the released model's vision tower (its registered encoder's)."""
+    return lookup_spec(ModelConfig.model_fields["vision_encoder_name"].default).image_size
 
 
 class WindowConfig(BaseModel):
-    """How windows are cut and frames prepared. Defaults follow the released model."""
+    """How windows are cut and frames prepared. Defaults follow the released model; a run on a
+    checkpoint takes all of them from it with :meth:`from_checkpoint`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -65,7 +84,9 @@ class WindowConfig(BaseModel):
     frame_spacing: int = Field(18, gt=0, description="rows between consecutive context frames")
     action_shift: int = Field(3, ge=0, description="first action is at anchor + action_shift")
     action_horizon: int = Field(18, gt=0, description="actions per sample (H)")
-    image_size: int = Field(256, gt=0)
+    image_size: int = Field(
+        default_factory=released_image_size, gt=0, description="side S of the square frame the vision tower takes"
+    )
     mask_rect: tuple[int, int, int, int] | None = Field(None, description="(x, y, w, h) painted black")
 
     @field_validator("mask_rect")
@@ -77,14 +98,24 @@ class WindowConfig(BaseModel):
 
     @classmethod
     def from_modality(cls, modality: ModalityConfig, action_horizon: int = 18, **overrides: Any) -> WindowConfig:
-        """The windowing of a checkpoint's ``modality_cfg`` (plus the model's ``action_horizon``)."""
-        return cls(
-            context_length=modality.frame_per_sample,
-            frame_spacing=modality.frame_spacing,
-            action_shift=modality.action_shift,
-            action_horizon=action_horizon,
-            **overrides,
-        )
+        """The windowing of a checkpoint's ``modality_cfg`` (plus the model's ``action_horizon``).
+
+        The frame size is not in ``modality_cfg``: pass ``image_size=`` or use :meth:`from_checkpoint`.
+        """
+        fields = {
+            "context_length": modality.frame_per_sample,
+            "frame_spacing": modality.frame_spacing,
+            "action_shift": modality.action_shift,
+            "action_horizon": action_horizon,
+        }
+        return cls(**(fields | overrides))
+
+    @classmethod
+    def from_checkpoint(cls, raw: RawCheckpoint, **overrides: Any) -> WindowConfig:
+        """Everything from the checkpoint: its windowing, its action horizon, and the frame size of
+        its vision tower (read from the tower's weights, :func:`nitrogen.model.checkpoint.vision_spec_for`)."""
+        fields: dict[str, Any] = {"image_size": vision_spec_for(raw).image_size} | overrides
+        return cls.from_modality(raw.config.modality_cfg, raw.config.model_cfg.action_horizon, **fields)
 
 
 def _pick_split(data: Any, split: str | None) -> Any:
@@ -181,7 +212,8 @@ class GameplayDataset(torch.utils.data.Dataset):
 
     Items are dicts: ``pixels`` float32 ``(F, 3, S, S)`` in [-1, 1], ``frame_valid`` bool ``(F,)``,
     ``actions`` float32 ``(H, 25)``, ``action_mask`` float32 ``(H, 25)`` of ones, ``index`` int (the
-    dataset row of the anchor frame). The default torch collate stacks them into the arguments of
+    dataset row of the anchor frame), and with ``game_mapping`` ``game_ids`` int64 ``()`` (see the
+    module docstring). The default torch collate stacks them into the arguments of
     :meth:`NitroGenModel.training_loss`.
 
     ``cache_dir``: decode every frame once into ``frames-<key>.npy`` (uint8 ``(N, S, S, 3)``,
@@ -197,6 +229,7 @@ class GameplayDataset(torch.utils.data.Dataset):
         mapping: MappingConfig | None = None,
         skip_bad: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
+        game_mapping: Mapping[str, int] | None = None,
         **window: Any,
     ) -> None:
         if config is not None and window:
@@ -238,6 +271,8 @@ class GameplayDataset(torch.utils.data.Dataset):
             games = columns[GAME_COLUMN]
             episode_ids = list(zip(games, episode_ids if episode_ids is not None else [0] * len(games), strict=True))
         self._build_windows(episode_ids, columns.get(mcfg.frame))
+        self.game_mapping = dict(game_mapping) if game_mapping is not None else None
+        self._episode_game_id = self._game_ids_per_episode()
         self._bad_image = np.zeros(self.num_rows, dtype=bool)
         self._cache_path: Path | None = None
         self._cache: np.ndarray | None = None
@@ -279,8 +314,42 @@ class GameplayDataset(torch.utils.data.Dataset):
         self._win_start = np.concatenate(ep_start) if ep_start else np.zeros(0, dtype=np.int64)
         self.window_episode = np.concatenate(ep_index) if ep_index else np.zeros(0, dtype=np.int64)
 
+    def _game_ids_per_episode(self) -> np.ndarray | None:
+        """Each episode's game id under :attr:`game_mapping` (None without a mapping); warns once
+        about a missing ``game`` column or about game names the mapping lacks."""
+        mapping = self.game_mapping
+        if mapping is None:
+            return None
+        if not self._has_game_column:
+            logger.warning(
+                "the dataset has no %r column: every window gets the unconditional game id 0, "
+                "so the game embedding is not trained",
+                GAME_COLUMN,
+            )
+            return np.zeros(len(self.episode_keys), dtype=np.int64)
+        names = [str(game) for game, _ in self.episode_keys]  # keys are (game, episode id)
+        unknown = sorted(set(names) - set(mapping))
+        if unknown:
+            if UNCONDITIONAL_GAME not in mapping:
+                raise ValueError(
+                    f"games {unknown} are not in the checkpoint's game mapping {sorted(mapping)}, which has no "
+                    f"unconditional entry {UNCONDITIONAL_GAME!r} to give them"
+                )
+            logger.warning(
+                "games %s are not in the checkpoint's game mapping (%s): their windows get the unconditional game id 0",
+                unknown,
+                ", ".join(repr(k) for k in sorted(mapping)),
+            )
+        return np.asarray([mapping.get(name, 0) for name in names], dtype=np.int64)
+
     def __len__(self) -> int:
         return len(self._win_pos)
+
+    def window_game_id(self, i: int) -> int | None:
+        """The game id of window ``i`` under :attr:`game_mapping`, or None without a mapping."""
+        if self._episode_game_id is None:
+            return None
+        return int(self._episode_game_id[int(self.window_episode[i])])
 
     def window_game(self, i: int) -> str | None:
         """The game of window ``i`` (its ``game`` column), or None when the dataset has no such column."""
@@ -357,26 +426,25 @@ class GameplayDataset(torch.utils.data.Dataset):
         return path
 
     def _write_cache(self, path: Path, bad_path: Path) -> None:
+        """Decode every row into ``path``, then list the undecodable rows in ``bad_path``. Both are
+        written atomically, the list last: a cache counts as built only when both exist."""
         s, image = self.config.image_size, self.mapper.config.image
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(self.num_rows, s, s, 3))
         bad: list[int] = []
-        try:
-            for row in range(self.num_rows):
-                try:
-                    out[row] = self.prepare_frame(self.decode_image(self._images[row][image], row))
-                except CorruptRowError as err:
-                    if not self.skip_bad:
-                        raise
-                    bad.append(row)
-                    self._record_bad(err)
-            out.flush()
-            del out
-            os.replace(tmp, path)  # atomic: a crashed build never leaves a half-written cache
-            bad_path.write_text(json.dumps(bad))
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(self.num_rows, s, s, 3))
+            try:
+                for row in range(self.num_rows):
+                    try:
+                        out[row] = self.prepare_frame(self.decode_image(self._images[row][image], row))
+                    except CorruptRowError as err:
+                        if not self.skip_bad:
+                            raise
+                        bad.append(row)
+                        self._record_bad(err)
+                out.flush()
+            finally:
+                del out  # close the memmap before the file is renamed (or removed on error)
+        atomic_write_json(bad_path, bad, indent=None)
         logger.info("wrote the frame cache %s (%d rows)", path, self.num_rows)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -402,13 +470,16 @@ class GameplayDataset(torch.utils.data.Dataset):
                 frames[k] = self._load_frame(int(row))
         anchor = int(frame_rows[-1])
         actions = torch.from_numpy(self.row_actions[action_rows].copy())
-        return {
+        item: dict[str, Any] = {
             "pixels": to_pixels(frames),
             "frame_valid": torch.from_numpy(frame_rows >= 0),
             "actions": actions,
             "action_mask": torch.ones_like(actions),
             "index": anchor,
         }
+        if (game_id := self.window_game_id(i)) is not None:
+            item["game_ids"] = torch.tensor(game_id, dtype=torch.long)
+        return item
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = len(self)

@@ -420,3 +420,74 @@ def test_several_recordings_share_episode_numbers_when_games_differ(clean, tmp_p
         assert len(set(games[np.concatenate([frame_rows, action_rows])])) == 1
     with pytest.raises(ValueError, match="columns"):
         load_gameplays([tmp_path / "a.parquet", load_gameplay(tmp_path / "a.parquet").remove_columns("game")])
+
+
+# ------------------------------------------------------------------------------------ game ids, frame size
+GAMES = {"": 0, "ale:Breakout": 1, "ale:Pong": 2, "ale:Freeway": 3}
+
+
+def _warnings(caplog) -> list[str]:
+    mine = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "nitrogen.data.dataset"]
+    return [r.getMessage() for r in mine]
+
+
+def test_items_carry_the_game_ids_of_the_checkpoint_mapping(clean, caplog):
+    both = clean.add_column("game", ["ale:Breakout"] * EP_LENGTHS[0] + ["ale:Pong"] * EP_LENGTHS[1])
+    with caplog.at_level(logging.WARNING):
+        ds = GameplayDataset(both, action_shift=3, action_horizon=18, game_mapping=GAMES)
+    assert _warnings(caplog) == []
+    ids = [int(ds[i]["game_ids"]) for i in range(len(ds))]
+    assert ids == [GAMES[ds.window_game(i)] for i in range(len(ds))] and set(ids) == {1, 2}
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
+    assert batch["game_ids"].dtype == torch.long and batch["game_ids"].shape == (3,)
+    assert "game_ids" not in GameplayDataset(both, action_shift=3, action_horizon=18)[0]  # no mapping, no ids
+
+
+def test_unknown_games_get_the_unconditional_id_with_one_warning(clean, caplog):
+    names = ["ale:Breakout"] * EP_LENGTHS[0] + ["ale:Tetris"] * EP_LENGTHS[1]
+    with caplog.at_level(logging.WARNING):
+        ds = GameplayDataset(clean.add_column("game", names), action_shift=3, action_horizon=18, game_mapping=GAMES)
+        ids = {ds.window_game(i): int(ds[i]["game_ids"]) for i in range(len(ds))}
+    assert ids == {"ale:Breakout": 1, "ale:Tetris": 0}
+    (message,) = _warnings(caplog)
+    assert message.startswith("games ['ale:Tetris'] are not in the checkpoint's game mapping")
+    with pytest.raises(ValueError, match="ale:Tetris"):  # no "" entry to give them
+        GameplayDataset(clean.add_column("game", names), game_mapping={"ale:Breakout": 0, "ale:Pong": 1})
+
+
+def test_without_a_game_column_every_window_is_unconditional_with_one_warning(clean, caplog):
+    with caplog.at_level(logging.WARNING):
+        ds = GameplayDataset(clean, action_shift=3, action_horizon=18, game_mapping=GAMES)
+        ids = {int(ds[i]["game_ids"]) for i in range(len(ds))}
+    assert ids == {0}
+    (message,) = _warnings(caplog)
+    assert "'game'" in message and "not trained" in message
+
+
+def test_window_config_from_checkpoint_takes_the_tower_frame_size(clean, tiny_ckpt, tiny_ckpt_224, tmp_path):
+    from nitrogen.data import WindowConfig
+    from nitrogen.model.checkpoint import read_checkpoint
+
+    raw = read_checkpoint(tiny_ckpt_224)
+    window = WindowConfig.from_checkpoint(raw, context_length=2)
+    modality = raw.config.modality_cfg
+    assert (window.image_size, window.context_length) == (224, 2)
+    assert (window.frame_spacing, window.action_shift) == (modality.frame_spacing, modality.action_shift)
+    assert window.action_horizon == raw.config.model_cfg.action_horizon
+    assert WindowConfig.from_checkpoint(read_checkpoint(tiny_ckpt)).image_size == 256
+    ds = GameplayDataset(clean, window, cache_dir=tmp_path / "c")
+    item = ds[0]
+    assert item["pixels"].shape == (2, 3, 224, 224)
+    decoded = _decoded(clean, int(item["index"]))
+    torch.testing.assert_close(item["pixels"][1], to_pixels(resize_frame(decoded, 224)[None])[0], rtol=0, atol=0)
+    # The cache holds 224-pixel frames and nothing half-written: no temporary file is left.
+    (cache,) = (tmp_path / "c").glob("*.npy")
+    assert np.load(cache, mmap_mode="r").shape == (N, 224, 224, 3)
+    assert sorted(p.suffix for p in (tmp_path / "c").iterdir()) == [".json", ".npy"]
+
+
+def test_a_failed_cache_build_leaves_no_cache(data_dir, tmp_path):
+    corrupt = load_gameplay(data_dir / "corrupt.parquet", cache_dir=str(tmp_path / "hf"))
+    with pytest.raises(CorruptRowError, match=f"corrupt row {BAD_IMAGE_ROW}"):
+        GameplayDataset(corrupt, cache_dir=tmp_path / "c", mapping=MappingConfig(j_left=None))
+    assert list((tmp_path / "c").iterdir()) == []

@@ -7,7 +7,8 @@ A released checkpoint is a ``torch.save`` of plain data::
 It is read with ``torch.load(weights_only=True)``, memory-mapped where the file allows, and the
 weights are assigned into a model built on the meta device, so loading never holds two full copies.
 In ``.safetensors`` files the config and game mapping live in the metadata as JSON.
-Writes go to a temporary file in the same folder, which is then renamed over the target.
+Writes are atomic (:func:`nitrogen.atomic.atomic_path`: a temporary file beside the target, fsynced,
+then renamed over it).
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
+from ..atomic import atomic_path
 from .configuration import CheckpointConfig
 from ..errors import CheckpointError
 from .modeling import NitroGenModel
@@ -227,22 +227,6 @@ def load_model(
     return model, raw
 
 
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the write succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     state_dict: Mapping[str, torch.Tensor],
@@ -252,7 +236,7 @@ def save_checkpoint(
     """Write a checkpoint atomically; the format follows the suffix (``.pt`` or ``.safetensors``)."""
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    with _atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             meta = {"format": SAFETENSORS_FORMAT, "ckpt_config": json.dumps(config.to_dict())}
             if game_mapping is not None:

@@ -2,7 +2,8 @@
 
 Modules: :mod:`.config` (the validated :class:`FinetuneConfig`), :mod:`.lora` (adapter injection,
 merging back to the released layout), :mod:`.trainer` (the accelerate-based loop with atomic,
-exactly-resumable checkpoints), :mod:`.metrics` (evaluation metrics), :mod:`.run` (``finetune``).
+exactly-resumable checkpoints), :mod:`.metrics` (evaluation metrics), :mod:`.run` (``prepare_finetune``,
+which assembles a run from datasets and a checkpoint as ``nitrogen finetune`` does, and ``finetune``).
 """
 
 from __future__ import annotations

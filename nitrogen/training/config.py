@@ -153,9 +153,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config must be a mapping, got {type(data).__name__}")
-    for item in overrides or []:
+    return FinetuneConfig.model_validate(data | parse_overrides(overrides or []))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``key=value`` overrides as a dict, each value parsed as in :func:`load_config`."""
+    data: dict[str, Any] = {}
+    for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not of the form key=value")
         data[key.strip()] = _parse_value(value)
-    return FinetuneConfig.model_validate(data)
+    return data
+
+
+def with_overrides(config: FinetuneConfig, overrides: list[str]) -> FinetuneConfig:
+    """``config`` with ``key=value`` overrides applied, validated again."""
+    if not overrides:
+        return config
+    return FinetuneConfig.model_validate(config.model_dump() | parse_overrides(overrides))

@@ -1,16 +1,26 @@
-"""One call from a released checkpoint and datasets to a fine-tuned, exported model."""
+"""From a released checkpoint and gameplay datasets to a fine-tuned, exported model.
+
+:func:`prepare_finetune` assembles a run (config, starting checkpoint, windows cut to the
+checkpoint, train/eval split by episode, game ids); :func:`finetune` trains and exports it::
+
+    prep = prepare_finetune(["data/"], "ng.pt", overrides=["max_steps=100"])
+    finetune(prep.config, prep.checkpoint, prep.train, prep.eval, "runs/ft")
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from ..data import PRESETS, GameplayDataset, MappingConfig, WindowConfig, load_gameplays, load_mapping, split_by_episode
 from ..model.checkpoint import RawCheckpoint, model_from_checkpoint, read_checkpoint
 from ..model.presets import INIT_PREFIX, init_checkpoint
-from .config import FinetuneConfig
+from .config import FinetuneConfig, load_config, with_overrides
 from .trainer import Trainer
 
 
@@ -20,6 +30,93 @@ def starting_checkpoint(spec: str | os.PathLike[str], seed: int = 0) -> RawCheck
     if text.startswith(INIT_PREFIX):
         return init_checkpoint(text[len(INIT_PREFIX) :], seed=seed)
     return read_checkpoint(text)
+
+
+@dataclass(frozen=True)
+class PreparedFinetune:
+    """What :func:`prepare_finetune` assembled: everything :func:`finetune` takes but the run folder."""
+
+    config: FinetuneConfig
+    checkpoint: RawCheckpoint
+    """The starting checkpoint; :func:`finetune` empties its ``state_dict`` once the model holds the tensors."""
+    window: WindowConfig
+    """Windowing and frame size, from the checkpoint (``context`` overrides its frame count)."""
+    dataset: GameplayDataset
+    """All windows; items carry ``game_ids`` when the checkpoint is game-conditioned."""
+    train_indices: list[int]
+    eval_indices: list[int]
+    """Window indices of each side of the split by episode (``eval_indices`` empty without eval)."""
+
+    @property
+    def train(self) -> Subset:
+        return Subset(self.dataset, self.train_indices)
+
+    @property
+    def eval(self) -> Subset | None:
+        return Subset(self.dataset, self.eval_indices) if self.eval_indices else None
+
+
+def prepare_finetune(
+    data: Any,
+    ckpt: str | os.PathLike[str] | RawCheckpoint,
+    *,
+    config: FinetuneConfig | str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    mapping: str | MappingConfig | None = None,
+    deadzone: float | None = None,
+    context: int | None = None,
+    eval_fraction: float = 0.1,
+    skip_bad: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> PreparedFinetune:
+    """Assemble a fine-tuning run, as ``nitrogen finetune`` does.
+
+    * ``data``: a gameplay source, or a list of them, for :func:`~nitrogen.data.load_gameplays` (hub
+      ids, folders, parquet files, ``datasets.Dataset`` objects).
+    * ``ckpt``: a checkpoint file, ``init:PRESET`` (seeded with the config's seed) or a read checkpoint.
+    * ``config``: a :class:`FinetuneConfig`, a YAML/JSON file of its fields, or None for the defaults;
+      ``overrides`` (``key=value``) apply on top.
+    * ``mapping``: a column mapping (a preset name such as ``nes``, a file, or a :class:`MappingConfig`);
+      ``deadzone`` replaces its stick deadzone (on the ``xbox`` preset when no mapping is given).
+    * ``context``: frames per sample instead of the checkpoint's.
+    * ``eval_fraction``: share of episodes held out (0: no eval set), split with the config's seed.
+
+    Windows take the checkpoint's windowing and the frame size of its vision tower
+    (:meth:`WindowConfig.from_checkpoint`). A game-conditioned checkpoint gets ``game_ids`` from
+    the data's ``game`` column through its game mapping (see :class:`~nitrogen.data.GameplayDataset`).
+    Raises what loading raises: ``NitrogenError``, ``CorruptRowError``, ``ValidationError``,
+    ``ValueError``, ``OSError``.
+    """
+    if isinstance(config, FinetuneConfig):
+        cfg = with_overrides(config, list(overrides))
+    else:
+        cfg = load_config(config, list(overrides))
+    raw = ckpt if isinstance(ckpt, RawCheckpoint) else starting_checkpoint(ckpt, cfg.seed)
+    window = WindowConfig.from_checkpoint(raw, **({} if context is None else {"context_length": context}))
+    sources = list(data) if isinstance(data, (list, tuple)) else [data]
+    dataset = GameplayDataset(
+        load_gameplays(sources),
+        window,
+        mapping=_column_mapping(mapping, deadzone),
+        skip_bad=skip_bad,
+        cache_dir=cache_dir,
+        game_mapping=raw.game_mapping,
+    )
+    if eval_fraction:
+        train_idx, eval_idx = split_by_episode(dataset, eval_fraction, seed=cfg.seed)
+    else:
+        train_idx, eval_idx = list(range(len(dataset))), []
+    return PreparedFinetune(cfg, raw, window, dataset, train_idx, eval_idx)
+
+
+def _column_mapping(mapping: str | MappingConfig | None, deadzone: float | None) -> MappingConfig | None:
+    """A preset name, a mapping file or a :class:`MappingConfig`, with ``deadzone`` applied."""
+    columns = PRESETS.get(mapping, None) if isinstance(mapping, str) else mapping
+    if isinstance(mapping, str) and columns is None:
+        columns = load_mapping(mapping)
+    if deadzone is not None:
+        columns = (columns or PRESETS["xbox"]).model_copy(update={"deadzone": deadzone})
+    return columns
 
 
 def finetune(

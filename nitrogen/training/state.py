@@ -2,7 +2,8 @@
 
 A checkpoint folder is written under a temporary name and renamed into place, and ``latest`` (a
 text file holding ``step-N``) is replaced atomically afterwards, so a crash at any moment leaves
-either the previous or the new checkpoint as the latest, never a partial one. Contents::
+either the previous or the new checkpoint as the latest, never a partial one. Every file, in the
+folder and the pointer, is written with :mod:`nitrogen.atomic` (fsynced before it is named). Contents::
 
     weights.safetensors   trainable weights (lora mode) or the full model state (full mode)
     ema.safetensors       EMA of the trainable weights, when enabled
@@ -26,21 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
+
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def checkpoints_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoints"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -72,7 +66,7 @@ def publish(out_dir: Path, step: int, keep_last: int) -> Path:
     if final.exists():  # left by an interrupted run that went past the checkpoint we resumed from
         shutil.rmtree(final)
     os.replace(staging_dir(out_dir, step), final)
-    write_text_atomic(ck / LATEST, final.name)
+    atomic_write(ck / LATEST, final.name)
     steps = sorted(int(m.group(1)) for p in ck.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
     for old in steps[:-keep_last]:
         shutil.rmtree(ck / f"step-{old}", ignore_errors=True)

@@ -210,6 +210,17 @@ def test_lora_training_reduces_loss(lora_run) -> None:
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-10", "step-20", "step-30"]
 
 
+def test_every_file_of_a_run_is_complete_and_named(lora_run) -> None:
+    out = lora_run[0]
+    names = {"weights.safetensors", "optimizer.pt", "scheduler.pt", "rng-0.pt", "state.json", "config.json"}
+    for step in (10, 20, 30):
+        assert {p.name for p in (out / "checkpoints" / f"step-{step}").iterdir()} == names
+    assert (out / "checkpoints" / "latest").read_text() == "step-30"
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert leftovers == []  # every atomic write renamed its temporary file into place
+    assert json.loads((out / "run.json").read_text())["train_windows"] == 4
+
+
 def test_export_loads_with_released_keys(lora_run, tiny_ckpt: Path) -> None:
     out = lora_run[0]
     golden = read_checkpoint(tiny_ckpt)

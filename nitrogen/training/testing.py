@@ -16,16 +16,21 @@ import torch
 from torch.utils.data import Dataset
 
 from ..actions import NUM_BUTTONS
+from ..data.dataset import released_image_size
 
 
 class SyntheticDataset(Dataset):
     """``n`` fixed samples: random pixels in [-1, 1], buttons 0/1 and sticks ``(v + 1) / 2``.
 
     With ``games`` > 0, sample ``i`` belongs to game ``f"game{i % games}"`` (:meth:`window_game`).
+    ``image`` is the frame side: the checkpoint's tower's (default: the released tower's).
     """
 
-    def __init__(self, n: int = 8, horizon: int = 18, frames: int = 1, image: int = 256, seed: int = 0, games: int = 0):
-        self.n, self.horizon, self.frames, self.image, self.seed = n, horizon, frames, image, seed
+    def __init__(
+        self, n: int = 8, horizon: int = 18, frames: int = 1, image: int | None = None, seed: int = 0, games: int = 0
+    ):
+        self.n, self.horizon, self.frames, self.seed = n, horizon, frames, seed
+        self.image = image or released_image_size()
         self.games = games
         self.delay = float(os.environ.get("NITROGEN_TEST_ITEM_DELAY", "0") or 0)
 
@@ -55,8 +60,9 @@ class SyntheticDataset(Dataset):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..model.checkpoint import vision_spec_for
     from .config import load_config
-    from .run import finetune
+    from .run import finetune, starting_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ckpt", required=True)
@@ -68,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = load_config(None, args.overrides)
-    evalset = SyntheticDataset(args.eval_samples, seed=1) if args.eval_samples else None
-    summary = finetune(config, args.ckpt, SyntheticDataset(args.samples), evalset, args.out, resume=args.resume)
+    raw = starting_checkpoint(args.ckpt, config.seed)
+    image = vision_spec_for(raw).image_size
+    evalset = SyntheticDataset(args.eval_samples, image=image, seed=1) if args.eval_samples else None
+    summary = finetune(config, raw, SyntheticDataset(args.samples, image=image), evalset, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"} | {"losses": summary["losses"]}))
 

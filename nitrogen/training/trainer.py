@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from accelerate import Accelerator
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_path, atomic_write, atomic_write_json
 from ..model.checkpoint import RawCheckpoint, save_checkpoint
 from ..model.modeling import NitroGenModel
 from . import state as ckpt
@@ -36,6 +37,9 @@ from .order import DataPosition, ResumableBatchSampler, sample_noise_and_time
 from ..rundir.plots import plot_curves
 
 __all__ = ["METRIC_COLUMNS", "Trainer", "evaluate", "lr_lambda"]
+
+GAME_EMBEDDING = "game_embedding."
+"""Parameter prefix of the game embedding, which is trained without weight decay."""
 
 METRIC_COLUMNS = (
     "step",
@@ -48,6 +52,12 @@ METRIC_COLUMNS = (
     "eval_stick_mae",
     "eval_first_action_acc",
 )
+
+
+def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+    """A safetensors file of ``tensors`` (moved to the CPU), written atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, tmp)
 
 
 def lr_lambda(config: FinetuneConfig):
@@ -124,9 +134,12 @@ class Trainer:
             }
         self.model = model.to(self.accelerator.device)
         self.model.train()
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in self.params if p.ndim >= 2]
-        no_decay = [p for p in self.params if p.ndim < 2]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        # AdamW's decay shrinks every row of a matrix, seen or not: the game embedding is exempt,
+        # so games absent from the data keep their rows exactly (only seen games' rows get gradients).
+        decay = [p for n, p in named if p.ndim >= 2 and not n.startswith(GAME_EMBEDDING)]
+        no_decay = [p for n, p in named if p.ndim < 2 or n.startswith(GAME_EMBEDDING)]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr,
@@ -166,15 +179,18 @@ class Trainer:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(ckpt.rng_state(), staging / f"rng-{acc.process_index}.pt")
+        with atomic_path(staging / f"rng-{acc.process_index}.pt") as tmp:
+            torch.save(ckpt.rng_state(), tmp)
         acc.wait_for_everyone()
         if self.is_main:
             weights = self.model.state_dict() if cfg.mode == "full" else trainable_state_dict(self.model)
-            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, staging / "weights.safetensors")
+            _save_tensors({k: v.detach() for k, v in weights.items()}, staging / "weights.safetensors")
             if self.ema is not None:
-                save_file({k: v.cpu().contiguous() for k, v in self.ema.items()}, staging / "ema.safetensors")
-            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
+                _save_tensors(self.ema, staging / "ema.safetensors")
+            with atomic_path(staging / "optimizer.pt") as tmp:
+                torch.save(self.optimizer.state_dict(), tmp)
+            with atomic_path(staging / "scheduler.pt") as tmp:
+                torch.save(self.scheduler.state_dict(), tmp)
             meta = {
                 "step": self.step,
                 "epoch": self.position.epoch,
@@ -183,11 +199,8 @@ class Trainer:
                 "batch_size": cfg.batch_size,
                 "mode": cfg.mode,
             }
-            (staging / "state.json").write_text(json.dumps(meta, indent=2))
-            (staging / "config.json").write_text(cfg.model_dump_json(indent=2))
-            for f in staging.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+            atomic_write_json(staging / "state.json", meta)
+            atomic_write(staging / "config.json", cfg.model_dump_json(indent=2))
             ckpt.publish(self.out_dir, self.step, cfg.keep_last)
         acc.wait_for_everyone()
 
@@ -236,12 +249,13 @@ class Trainer:
                             rows.append(row)
                     except ValueError:
                         continue
-        tmp = path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as f:
+
+        def write_rows(f: IO[str]) -> None:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
+
+        atomic_write(path, write_rows, newline="")
         self._prune_by_game(resumed)
         self.train_history = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss")]
         self.eval_history = [(int(r["step"]), float(r["eval_loss"])) for r in rows if r.get("eval_loss")]
@@ -273,9 +287,7 @@ class Trainer:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line
-        tmp = path.with_name(".eval_by_game.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        atomic_write(path, "".join(line + "\n" for line in kept))
 
     def _log_by_game(self, by_game: dict[str, dict[str, float]]) -> None:
         """Append this eval's per-game metrics to :attr:`by_game_path`, and show them."""
@@ -370,7 +382,7 @@ class Trainer:
                 "train_windows": len(self.train_dataset),
                 "eval_windows": len(self.eval_dataset) if self.eval_dataset is not None else 0,
             }
-            ckpt.write_text_atomic(self.out_dir / "run.json", json.dumps(run_info, indent=2))
+            atomic_write_json(self.out_dir / "run.json", run_info)
         mcfg = self.model.config.model_cfg
         bar = tqdm(
             total=cfg.max_steps,
@@ -484,7 +496,7 @@ class Trainer:
             cfg = self.config
             if cfg.mode == "lora":
                 tensors = trainable_state_dict(model)
-                save_file(tensors, self.out_dir / "adapter.safetensors")
+                _save_tensors(tensors, self.out_dir / "adapter.safetensors")
                 adapter_cfg = {
                     "format": "nitrogen-lora",
                     "rank": cfg.lora_rank,
@@ -496,7 +508,7 @@ class Trainer:
                     "base_checkpoint": str(self.raw.path) if self.raw.path else None,
                     "finetune_config": cfg.model_dump(mode="json"),
                 }
-                ckpt.write_text_atomic(self.out_dir / "adapter_config.json", json.dumps(adapter_cfg, indent=2))
+                atomic_write_json(self.out_dir / "adapter_config.json", adapter_cfg)
                 paths["adapter"] = str(self.out_dir / "adapter.safetensors")
             merged = merge_lora(model, inplace=True)
             state = merged.state_dict()
