@@ -136,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
 
     raw = init_checkpoint("agent-small", 0)
-    window = WindowConfig.from_modality(raw.config.modality_cfg, raw.config.model_cfg.action_horizon)
+    window = WindowConfig.from_checkpoint(raw)
     dataset = GameplayDataset(load_gameplays([args.data]), window)
     train_idx, eval_idx = split_by_episode(dataset, 0.1, seed=args.seed)
     pick = np.random.default_rng(args.seed).choice(eval_idx, min(args.held_out, len(eval_idx)), replace=False)

@@ -62,7 +62,9 @@ class ModelPreset:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
         if self.image_size % self.patch:
-            raise ValueError(f"patch {self.patch} does not divide the {self.image_size}-pixel frame of {self.encoder_name}")
+            raise ValueError(
+                f"patch {self.patch} does not divide the {self.image_size}-pixel frame of {self.encoder_name}"
+            )
 
     @property
     def image_size(self) -> int:
