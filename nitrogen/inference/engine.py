@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ import torch
 
 from ..actions import ACTION_DIM, BUTTONS, layout_description
 from ..model.checkpoint import RawCheckpoint, load_model
-from .cpu_kernels import pack_linears, packing_available
 from ..model.modeling import NitroGenModel, Schedule
+from .cpu_kernels import pack_linears, packing_available
 from .history import FrameHistory
 from .preprocessing import as_rgb_frame, resize_frame, to_pixels
 
@@ -116,7 +116,7 @@ class BatchPrediction:
     vision_ms: float
     sample_ms: float
     total_ms: float
-    failure: Exception | None = field(default=None)
+    failure: Exception | None = None
 
 
 class PolicyEngine:
@@ -353,9 +353,10 @@ class PolicyEngine:
                     for (i, noise, _), frame_tokens in zip(ready, tokens, strict=True):
                         history = requests[i].history
                         history.append(frame_tokens)
-                        samples.append(PredictRequest(list(history.features), history.game_id, history.cfg_scale, noise))
+                        features = list(history.features)
+                        samples.append(PredictRequest(features, history.game_id, history.cfg_scale, noise))
                     sampled = self.sample(samples)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - handed back: the server answers each request with it
                     failure = exc
                     for i, _, _ in ready:
                         errors[i] = exc

@@ -218,7 +218,7 @@ class InferenceServer:
         while not self._stopped.wait(0.5):
             pass
 
-    def __enter__(self) -> InferenceServer:
+    def __enter__(self) -> InferenceServer:  # noqa: PYI034 (typing.Self needs 3.11; we support 3.10)
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -436,7 +436,9 @@ class InferenceServer:
         """Run one batch through the engine; every job gets a reply, an error one if it failed."""
         started = time.perf_counter()
         requests = [
-            FrameRequest(self._session(job.identity), job.request["frame"], job.request.get("noise"), job.request.get("seed"))
+            FrameRequest(
+                self._session(job.identity), job.request["frame"], job.request.get("noise"), job.request.get("seed")
+            )
             for job in batch
         ]
         try:
