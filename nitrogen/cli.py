@@ -259,8 +259,9 @@ def serve(
     console.print(
         f"serving [bold]{checkpoint}[/] on [bold]{server.address}[/]"
         f"{' (CURVE)' if curve_dir else ''}{' (legacy pickle accepted)' if legacy_pickle else ''}\n"
-        f"  {info['device']}, {info['precision']}, {info['num_steps']} steps, context {server.context_length}, "
-        f"cfg {cfg}, game {server.default_game[1]!r}, batches up to {max_batch} within {batch_wait_ms} ms"
+        f"  {info['name']}: {info['image_size']}x{info['image_size']} frames, {info['device']}, {info['precision']}, "
+        f"{info['num_steps']} steps, context {server.context_length}, cfg {cfg}, game {server.default_game[1]!r}, "
+        f"batches up to {max_batch} within {batch_wait_ms} ms"
     )
 
     def shutdown(signum: int, _frame: object) -> None:

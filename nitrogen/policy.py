@@ -13,10 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# typing_extensions (a pydantic dependency) gives Python 3.12's isinstance() for runtime protocols on
+# 3.10 and 3.11 too: members are looked up statically, so a lazy ``spec`` property (the remote
+# client fetches it from the server) is not called by ``isinstance(obj, Policy)``.
+from typing_extensions import Protocol, runtime_checkable
 
 from .actions import ACTION_DIM, BUTTONS, NUM_BUTTONS, unpack_actions
 

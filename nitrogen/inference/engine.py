@@ -1,16 +1,20 @@
 """The prediction engine: one loaded model that predicts for many independent frame histories.
 
-:class:`InferenceSession` wraps an engine with one history; the server wraps one engine with a
-session per client and sends their requests through :meth:`PolicyEngine.predict_batch` together.
-Per frame the vision tower runs once; per batch the VL mixer runs once over every sample's
-conditional and unconditional (CFG) tokens, and each Euler step is one DiT pass over all of them.
+Each history is a :class:`~nitrogen.inference.history.FrameHistory`. :meth:`PolicyEngine.predict_batch`
+is the one inference path: :class:`~nitrogen.inference.session.InferenceSession` calls it with a
+batch of one, the server with one request per client. Per batch it validates and squashes every
+frame, runs the vision tower once over all of them, appends each frame's tokens to its history,
+then samples once: the VL mixer runs once over every sample's conditional and unconditional (CFG)
+tokens, and each Euler step is one DiT pass over all of them.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +22,15 @@ import torch
 
 from ..actions import ACTION_DIM, BUTTONS, layout_description
 from ..model.checkpoint import RawCheckpoint, load_model
-from .cpu_kernels import pack_linears, packing_available
 from ..model.modeling import NitroGenModel, Schedule
+from .cpu_kernels import pack_linears, packing_available
+from .history import FrameHistory
 from .preprocessing import as_rgb_frame, resize_frame, to_pixels
+
+STEP_RATE_HZ = 60.0
+"""NitroGen acts once per frame of a 60 Hz game: action ``k`` of a chunk is for frame ``t + shift + k``."""
+
+_GENERIC_STEMS = frozenset({"model", "checkpoint", "ckpt", "weights", "best", "last", "final"})
 
 _DTYPES = {
     "float32": torch.float32,
@@ -51,14 +61,62 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
+def checkpoint_name(path: str | os.PathLike[str] | None, fallback: str = "nitrogen") -> str:
+    """A readable name for a checkpoint file: its stem (``ng.pt`` -> ``ng``), or, for a generic file
+    name such as ``model.pt``, its folder and file name (``runs/gopher/model.pt`` -> ``gopher/model.pt``)."""
+    if path is None:
+        return fallback
+    p = Path(path)
+    if p.stem.lower() in _GENERIC_STEMS and p.parent.name:
+        return f"{p.parent.name}/{p.name}"
+    return p.stem
+
+
 @dataclass
 class PredictRequest:
-    """One sample of a batch: a frame history (vision tokens, oldest first, newest included)."""
+    """One sample of :meth:`PolicyEngine.sample`: a history's vision tokens (oldest first, newest
+    included), its game, its CFG scale and its initial noise."""
 
     history: Sequence[torch.Tensor]
     game_id: int | None
     cfg_scale: float
     noise: torch.Tensor  # (H, A) float32
+
+
+@dataclass
+class FrameRequest:
+    """One request of :meth:`PolicyEngine.predict_batch`: a new frame for a history.
+
+    ``frame`` is anything :func:`~nitrogen.inference.preprocessing.as_rgb_frame` takes. ``noise``
+    fixes the initial noise (an ``(H, 25)`` float array); otherwise it is drawn from a generator
+    seeded with ``seed`` for this request alone, or else from the history's generator.
+    """
+
+    history: FrameHistory
+    frame: Any
+    noise: Any = None
+    seed: int | None = None
+
+
+@dataclass
+class BatchPrediction:
+    """What :meth:`PolicyEngine.predict_batch` returns, one entry per request, in request order.
+
+    ``actions[i]`` is request ``i``'s ``(H, 25)`` float32 action tensor, or ``None`` when it failed;
+    then ``errors[i]`` says why: a ``ValueError`` for a bad frame or noise (that request never
+    reached the model), or :attr:`failure` when the model pass itself raised for the whole batch.
+    ``batch_size`` counts the requests that reached the model. Times are for the whole batch:
+    ``vision_ms`` from the start through the tower pass (noise, validation, resize, tower),
+    ``sample_ms`` from there through sampling, ``total_ms`` both.
+    """
+
+    actions: list[np.ndarray | None]
+    errors: list[Exception | None]
+    batch_size: int
+    vision_ms: float
+    sample_ms: float
+    total_ms: float
+    failure: Exception | None = None
 
 
 class PolicyEngine:
@@ -186,9 +244,16 @@ class PolicyEngine:
             raise ValueError("noise must be finite floating-point values")
         return torch.from_numpy(arr.astype(np.float32))
 
+    @property
+    def image_size(self) -> int:
+        """The side of the square frame the tower takes, from the checkpoint; frames are squashed to it."""
+        return self.model.vision_spec.image_size
+
     def info(self) -> dict[str, Any]:
+        """Everything about the model, including what :meth:`nitrogen.policy.PolicySpec.from_info` reads."""
         mcfg = self.config.model_cfg
         return {
+            "name": checkpoint_name(self.checkpoint.path, self.config.experiment_name),
             "checkpoint": str(self.checkpoint.path) if self.checkpoint.path else None,
             "experiment_name": self.config.experiment_name,
             "vision_encoder": mcfg.vision_encoder_name,
@@ -202,7 +267,8 @@ class PolicyEngine:
             "action_dim": ACTION_DIM,
             "buttons": list(BUTTONS),
             "action_layout": layout_description(),
-            "image_size": self.model.vision_spec.image_size,
+            "image_size": self.image_size,
+            "step_rate_hz": STEP_RATE_HZ,
         }
 
     # ---------------------------------------------------------------------------- inference
@@ -218,8 +284,8 @@ class PolicyEngine:
         return self._schedule
 
     def preprocess(self, frame: Any) -> np.ndarray:
-        """Validate a frame and squash it to the tower's input size (CPU work, no model)."""
-        return resize_frame(as_rgb_frame(frame), self.model.vision_spec.image_size)
+        """Validate a frame and squash it, once, to the tower's input size (CPU work, no model)."""
+        return resize_frame(as_rgb_frame(frame), self.image_size)
 
     def encode(self, frames: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Preprocessed frames -> their vision tokens, each ``(P, D)``, in one tower pass.
@@ -249,3 +315,62 @@ class PolicyEngine:
         index = torch.tensor(guided, dtype=torch.long, device=self.device) if guided else None
         actions = model.sample(cond, noise, self.num_steps, uncond, scales, self.schedule(), guided=index)
         return actions.float().cpu().numpy()
+
+    def predict_batch(self, requests: Sequence[FrameRequest]) -> BatchPrediction:
+        """Predict for a batch of histories, one new frame each: the one inference path.
+
+        Per request: draw or check the noise, then validate and squash the frame; a ``ValueError``
+        there fails that request alone. Then one tower pass over the frames that passed, each
+        frame's tokens appended to its history, and one batched :meth:`sample`. If the model pass
+        raises, every request that reached it fails with that exception (:attr:`BatchPrediction.failure`).
+        A history may appear only once per batch, since each request sees the history the one
+        before it left.
+        """
+        histories = [id(r.history) for r in requests]
+        if len(set(histories)) != len(histories):
+            raise ValueError("a history may appear only once per batch")
+        errors: list[Exception | None] = [None] * len(requests)
+        actions: list[np.ndarray | None] = [None] * len(requests)
+        failure: Exception | None = None
+        ready: list[tuple[int, torch.Tensor, np.ndarray]] = []  # (request index, noise (H, 25), frame (S, S, 3))
+        with torch.inference_mode(), self.autocast():
+            t0 = time.perf_counter()
+            for i, request in enumerate(requests):
+                try:
+                    generator = request.history.generator
+                    if request.seed is not None:
+                        generator = torch.Generator().manual_seed(request.seed)
+                    noise = self.noise(request.noise, generator)
+                    ready.append((i, noise, self.preprocess(request.frame)))
+                except ValueError as exc:
+                    errors[i] = exc
+            t1 = t0
+            if ready:
+                try:
+                    tokens = self.encode([frame for _, _, frame in ready])
+                    t1 = time.perf_counter()
+                    samples = []
+                    for (i, noise, _), frame_tokens in zip(ready, tokens, strict=True):
+                        history = requests[i].history
+                        history.append(frame_tokens)
+                        features = list(history.features)
+                        samples.append(PredictRequest(features, history.game_id, history.cfg_scale, noise))
+                    sampled = self.sample(samples)
+                except Exception as exc:  # noqa: BLE001 - handed back: the server answers each request with it
+                    failure = exc
+                    for i, _, _ in ready:
+                        errors[i] = exc
+                else:
+                    for (i, _, _), action in zip(ready, sampled, strict=True):
+                        actions[i] = action
+                        requests[i].history.predictions += 1
+            t2 = time.perf_counter()
+        return BatchPrediction(
+            actions,
+            errors,
+            batch_size=len(ready),
+            vision_ms=(t1 - t0) * 1e3,
+            sample_ms=(t2 - t1) * 1e3,
+            total_ms=(t2 - t0) * 1e3,
+            failure=failure,
+        )

@@ -1,28 +1,32 @@
 """The in-process inference session: frames in, gamepad action chunks out.
 
-It holds a :class:`~nitrogen.inference.engine.PolicyEngine` (the loaded model), one frame history and the
-sampling settings. Per frame the vision tower runs once and its features join the history; the
-conditioning (mixer output and cross-attention keys/values) is built once; then the Euler steps run
-over the action tokens only.
+It holds a :class:`~nitrogen.inference.engine.PolicyEngine` (the loaded model) and one
+:class:`~nitrogen.inference.history.FrameHistory` (frames and sampling settings), and predicts
+through :meth:`PolicyEngine.predict_batch` with a batch of one, the same path the server takes. Per
+frame the vision tower runs once and its features join the history; the conditioning (mixer output
+and cross-attention keys/values) is built once; then the Euler steps run over the action tokens only.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
-import time
-from collections import deque
+from functools import cached_property
 from typing import Any
 
 import torch
 
-from .engine import PolicyEngine, PredictRequest
-from ..policy import ActionChunk
+from ..policy import ActionChunk, PolicySpec
+from .engine import FrameRequest, PolicyEngine
+from .history import FrameHistory
 
 
 class InferenceSession:
-    """A NitroGen policy running in this process. Implements :class:`nitrogen.Policy`."""
+    """A NitroGen policy running in this process. Implements :class:`nitrogen.Policy`.
+
+    ``history`` is its :class:`~nitrogen.inference.history.FrameHistory`; ``game_id``,
+    ``game_name``, ``cfg_scale`` and ``num_predictions`` read (and the first three set) it.
+    """
 
     def __init__(
         self,
@@ -37,19 +41,17 @@ class InferenceSession:
         self.model = engine.model
         self.config = engine.config
         self.device = engine.device
-        self.game_id, self.game_name = engine.resolve_game(game)
-        self.cfg_scale = float(cfg_scale)
-        if not math.isfinite(self.cfg_scale):
-            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+        game_id, game_name = engine.resolve_game(game)
         default_context = self.config.modality_cfg.frame_per_sample
         self.context_length = engine.check_context_length(
             int(default_context if context_length is None else context_length)
         )
         self.seed = seed
-        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        self._history: deque[torch.Tensor] = deque(maxlen=self.context_length)
+        self.history = FrameHistory(
+            self.context_length, game_id=game_id, game_name=game_name, cfg_scale=cfg_scale, seed=seed
+        )
         self._lock = threading.Lock()
-        self.num_predictions = 0
+        self._closed = False
 
     @classmethod
     def from_checkpoint(
@@ -78,6 +80,43 @@ class InferenceSession:
         return cls(engine, game=game, cfg_scale=cfg_scale, context_length=context_length, seed=seed)
 
     @property
+    def game_id(self) -> int | None:
+        return self.history.game_id
+
+    @game_id.setter
+    def game_id(self, value: int | None) -> None:
+        self.history.game_id = value
+
+    @property
+    def game_name(self) -> str | None:
+        return self.history.game_name
+
+    @game_name.setter
+    def game_name(self, value: str | None) -> None:
+        self.history.game_name = value
+
+    @property
+    def cfg_scale(self) -> float:
+        return self.history.cfg_scale
+
+    @cfg_scale.setter
+    def cfg_scale(self, value: float) -> None:
+        self.history.cfg_scale = value
+
+    @property
+    def num_predictions(self) -> int:
+        return self.history.predictions
+
+    @cached_property
+    def spec(self) -> PolicySpec:
+        """What this policy is (horizon, action shift, frame size, step rate, buttons, games), from the engine."""
+        return PolicySpec.from_info(self.engine.info())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def num_steps(self) -> int:
         return self.engine.num_steps
 
@@ -92,26 +131,35 @@ class InferenceSession:
     def predict(self, frame: Any, *, noise: Any = None) -> ActionChunk:
         """Predict the next action chunk from a uint8 RGB frame (``H x W x 3`` array or PIL image).
 
-        ``noise`` optionally fixes the sampler's initial noise, an ``(H, 25)`` float array.
+        ``noise`` optionally fixes the sampler's initial noise, an ``(H, 25)`` float array. A bad
+        frame or noise raises ``ValueError`` and leaves the history as it was. ``timing_ms`` holds
+        ``vision_ms``, ``sample_ms`` and ``total_ms``.
         """
-        engine = self.engine
-        with self._lock, torch.inference_mode(), engine.autocast():
-            t0 = time.perf_counter()
-            x0 = engine.noise(noise, self._generator)
-            feats = engine.encode([engine.preprocess(frame)])[0]
-            t1 = time.perf_counter()
-            self._history.append(feats)
-            request = PredictRequest(list(self._history), self.game_id, self.cfg_scale, x0)
-            action = engine.sample([request])[0]
-            t2 = time.perf_counter()
-            self.num_predictions += 1
-        timing = {"vision_ms": (t1 - t0) * 1e3, "sample_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3}
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this InferenceSession is closed; load a new one to predict")
+            result = self.engine.predict_batch([FrameRequest(self.history, frame, noise)])
+        error, action = result.errors[0], result.actions[0]
+        if error is not None:
+            raise error
+        assert action is not None
+        timing = {"vision_ms": result.vision_ms, "sample_ms": result.sample_ms, "total_ms": result.total_ms}
         return ActionChunk.from_action_tensor(action, timing)
 
     def reset(self) -> None:
         """Clear the frame history (and nothing else)."""
         with self._lock:
-            self._history.clear()
+            self.history.clear()
+
+    def close(self) -> None:
+        """Forget the history and refuse further predictions (``RuntimeError``); safe to call twice.
+
+        ``info()`` and ``spec`` still answer. The engine may be shared, so its model is freed only
+        when the last reference to it goes.
+        """
+        with self._lock:
+            self._closed = True
+            self.history.clear()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -120,6 +168,6 @@ class InferenceSession:
             "game_id": self.game_id,
             "cfg_scale": self.cfg_scale,
             "context_length": self.context_length,
-            "frames_in_history": len(self._history),
+            "frames_in_history": len(self.history),
             "num_predictions": self.num_predictions,
         }

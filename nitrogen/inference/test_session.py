@@ -166,3 +166,37 @@ def test_info_describes_the_session(session, frames):
     assert info["num_predictions"] == 1 and info["frames_in_history"] == 1
     assert info["games"] == {} and info["game"] is None
     assert [row["name"] for row in info["action_layout"][:21]] == list(BUTTONS)
+
+
+def test_spec_describes_the_checkpoint(golden_dir):
+    from nitrogen.policy import PolicySpec
+
+    session = InferenceSession.from_checkpoint(golden_dir / "game_padded.pt", device="cpu", game="beta")
+    assert session.spec == PolicySpec(
+        name="game_padded",
+        action_horizon=18,
+        action_shift=1,
+        image_size=256,
+        step_rate_hz=60.0,
+        game_mapping={"": 0, "alpha": 1, "beta": 2},
+    )
+    assert session.spec is session.spec
+
+
+def test_close_is_idempotent_and_stops_predictions(session, frames):
+    session.predict(frames[0])
+    session.close()
+    session.close()
+    assert session.closed and session.info()["frames_in_history"] == 0
+    with pytest.raises(RuntimeError, match="InferenceSession is closed"):
+        session.predict(frames[0])
+    assert session.info()["num_predictions"] == 1
+
+
+def test_settings_live_in_the_one_history(session, frames):
+    session.cfg_scale = 2.0
+    assert session.history.cfg_scale == 2.0
+    with pytest.raises(ValueError, match="cfg_scale"):
+        session.cfg_scale = float("nan")
+    session.predict(frames[0])
+    assert session.history.predictions == session.num_predictions == 1 and len(session.history) == 1

@@ -1,11 +1,15 @@
 """The light client: ask a remote NitroGen server for actions, without torch on this machine.
 
-Imports only numpy, pyzmq, msgpack and the light ``nitrogen`` modules (protocol, policy, keys;
-policy brings in actions)::
+Imports only numpy, pyzmq, msgpack, pydantic and the light ``nitrogen`` modules (protocol, policy,
+keys, and the torch-free frame check of :mod:`nitrogen.inference.preprocessing`)::
 
     with ModelClient("tcp://gpu-box:5555") as policy:
+        policy.spec.image_size                 # what the server's model is, from one info request
         chunk = policy.predict(frame)          # uint8 (H, W, 3) RGB, or a PIL image
         chunk.buttons, chunk.j_left, chunk.timing_ms["roundtrip_ms"]
+
+A frame is checked here, once, before it is sent (the server's engine checks it again on its side);
+the reply's ``pred.action_tensor`` is decoded with :meth:`ActionChunk.from_action_tensor`.
 
 Requests are retried with the "lazy pirate" pattern: wait ``timeout_s`` for a reply, then drop the
 socket, open a fresh one and send again, ``retries`` times in all. The socket keeps one routing id
@@ -27,9 +31,10 @@ from typing import Any
 import numpy as np
 import zmq
 
+from ..inference.preprocessing import as_rgb_frame
+from ..policy import ActionChunk, PolicySpec
 from .keys import ClientCurve
-from ..policy import ActionChunk
-from .protocol import MAX_FRAME_SIDE, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode
+from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode
 
 __all__ = ["DEFAULT_ADDRESS", "ModelClient", "ServerError"]
 
@@ -69,6 +74,7 @@ class ModelClient:
         self.retries = retries
         self.client_id = client_id
         self._curve = curve
+        self._spec: PolicySpec | None = None
         self._next_id = 0
         self._lock = threading.Lock()
         self._context: zmq.Context[zmq.Socket[bytes]] | None = zmq.Context()
@@ -88,7 +94,7 @@ class ModelClient:
         ``noise`` (float32 ``(H, 25)``) or ``seed`` make the server's sampling reproducible.
         ``timing_ms`` of the result holds ``server_ms``, ``queue_ms`` and ``roundtrip_ms``.
         """
-        fields: dict[str, Any] = {"frame": _as_frame(frame)}
+        fields: dict[str, Any] = {"frame": as_rgb_frame(frame)}
         if noise is not None:
             fields["noise"] = _as_noise(noise)
         if seed is not None:
@@ -113,6 +119,21 @@ class ModelClient:
     def reset(self) -> None:
         """Make the server forget this client's frame history (start of an episode)."""
         self._request("reset", {})
+
+    @property
+    def spec(self) -> PolicySpec:
+        """What the served model is (horizon, action shift, frame size, step rate, buttons, games).
+
+        Built from the server's ``info`` reply on first access, with one request, then cached:
+        :meth:`reset` keeps it. Raises :class:`ServerError` if the reply does not describe a policy.
+        """
+        if self._spec is None:
+            info = self.info()
+            try:
+                self._spec = PolicySpec.from_info(info)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ServerError(f"the server's info does not describe a policy: {exc!r}") from None
+        return self._spec
 
     def info(self) -> dict[str, Any]:
         """What the server runs: checkpoint, settings, action layout."""
@@ -238,18 +259,6 @@ def _check_reply(reply: dict[str, Any]) -> dict[str, Any]:
     if status != "ok":
         raise ServerError(f"malformed reply: status {status!r}, expected 'ok' or 'error'")
     return reply
-
-
-def _as_frame(frame: Any) -> np.ndarray:
-    """A uint8 (H, W, 3) array from an array or a PIL-like image (anything with ``.convert``)."""
-    if not isinstance(frame, np.ndarray) and hasattr(frame, "convert"):
-        frame = np.asarray(frame.convert("RGB"))
-    arr = np.asarray(frame)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"frame must be a uint8 (H, W, 3) RGB array or a PIL image, got {arr.dtype} {arr.shape}")
-    if not (0 < arr.shape[0] <= MAX_FRAME_SIDE and 0 < arr.shape[1] <= MAX_FRAME_SIDE):
-        raise ValueError(f"frame of {arr.shape[1]}x{arr.shape[0]} is outside 1..{MAX_FRAME_SIDE} pixels per side")
-    return arr
 
 
 def _as_noise(noise: Any) -> np.ndarray:

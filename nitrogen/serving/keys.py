@@ -8,21 +8,24 @@ Layout written by :func:`generate_keys`::
     <directory>/client_secrets/client-<i>.key_secret   each client's secret key (0600)
 
 The server points its authenticator at ``clients/`` (``configure_curve(location=...)``), which
-therefore holds public keys only. Needs pyzmq, never torch.
+therefore holds public keys only. Files are written with :func:`nitrogen.atomic.atomic_path`, in
+pyzmq's certificate format, each with its mode set before it appears under its name. Needs pyzmq,
+never torch.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.utils import z85
+
+from ..atomic import atomic_path
 
 __all__ = [
     "ClientCurve",
@@ -40,6 +43,7 @@ PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _Z85_KEY_LEN = 40  # a 32-byte CURVE key in Z85 text
 _SECRET_MODE = 0o600
+_PUBLIC_MODE = 0o644
 
 StrPath = str | os.PathLike[str]
 
@@ -89,7 +93,8 @@ def generate_keys(directory: StrPath, *, clients: int = 1) -> KeyPaths:
     """Create a server keypair and ``clients`` client keypairs under ``directory``.
 
     Clients are numbered from 1. Existing key files are never overwritten: if any target exists,
-    :class:`FileExistsError` names it and nothing is written. Secret files get mode 0600.
+    :class:`FileExistsError` names it and nothing is written. Each file is written atomically
+    (never seen half-written); secret files get mode 0600, public ones 0644.
     """
     if isinstance(clients, bool) or not isinstance(clients, int) or clients < 0:
         raise ValueError(f"clients must be a non-negative integer, got {clients!r}")
@@ -101,39 +106,54 @@ def generate_keys(directory: StrPath, *, clients: int = 1) -> KeyPaths:
     server_secret = root / f"{SERVER_NAME}{SECRET_SUFFIX}"
     client_public = tuple(clients_dir / f"{n}{PUBLIC_SUFFIX}" for n in names)
     client_secret = tuple(secrets_dir / f"{n}{SECRET_SUFFIX}" for n in names)
-    targets = [server_public, server_secret, *client_public, *client_secret]
-    for target in targets:
-        if os.path.lexists(target):
-            raise FileExistsError(f"refusing to overwrite existing key file {target}")
+    for target in [server_public, server_secret, *client_public, *client_secret]:
+        _refuse_existing(target)
 
     root.mkdir(parents=True, exist_ok=True)
     clients_dir.mkdir(exist_ok=True)
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
-    # Write into a private (0700) staging folder, lock the secrets down, then move each file into
-    # place without clobbering anything that appeared meanwhile.
-    staging = Path(tempfile.mkdtemp(prefix=".keys-", dir=root))
-    try:
-        moves: list[tuple[Path, Path]] = []
-        for name, public_dst, secret_dst in [
-            (SERVER_NAME, server_public, server_secret),
-            *zip(names, client_public, client_secret, strict=True),
-        ]:
-            public_src, secret_src = (Path(p) for p in zmq.auth.create_certificates(staging, name))
-            os.chmod(secret_src, _SECRET_MODE)
-            moves += [(public_src, public_dst), (secret_src, secret_dst)]
-        for src, dst in moves:
-            _move_no_clobber(src, dst)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    now = datetime.datetime.now()
+    for public_file, secret_file in [(server_public, server_secret), *zip(client_public, client_secret, strict=True)]:
+        public, secret = zmq.curve_keypair()
+        _write_certificate(secret_file, _certificate(_SECRET_BANNER, now, public, secret), _SECRET_MODE)
+        _write_certificate(public_file, _certificate(_PUBLIC_BANNER, now, public), _PUBLIC_MODE)
     return KeyPaths(root, server_public, server_secret, clients_dir, client_public, client_secret)
 
 
-def _move_no_clobber(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)  # fails if dst exists, unlike rename on POSIX
-    except FileExistsError:
-        raise FileExistsError(f"refusing to overwrite existing key file {dst}") from None
-    os.unlink(src)
+_SECRET_BANNER = """#   ****  Generated on {0} by pyzmq  ****
+#   ZeroMQ CURVE **Secret** Certificate
+#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.
+
+"""
+_PUBLIC_BANNER = """#   ****  Generated on {0} by pyzmq  ****
+#   ZeroMQ CURVE Public Certificate
+#   Exchange securely, or use a secure mechanism to verify the contents
+#   of this file after exchange. Store public certificates in your home
+#   directory, in the .curve subdirectory.
+
+"""
+
+
+def _certificate(banner: str, when: datetime.datetime, public: bytes, secret: bytes | None = None) -> str:
+    """A certificate as ``zmq.auth.create_certificates`` writes it (``zmq.auth.load_certificate`` reads it)."""
+    text = banner.format(when) + "metadata\ncurve\n" + f'    public-key = "{public.decode()}"\n'
+    if secret is not None:
+        text += f'    secret-key = "{secret.decode()}"\n'
+    return text
+
+
+def _refuse_existing(target: Path) -> None:
+    if os.path.lexists(target):
+        raise FileExistsError(f"refusing to overwrite existing key file {target}")
+
+
+def _write_certificate(target: Path, text: str, mode: int) -> None:
+    """Write ``text`` to ``target`` atomically, with ``mode`` set before the file takes its name."""
+    _refuse_existing(target)  # again, right before the write: nothing may have appeared meanwhile
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
 
 
 def _check_key(key: bytes | None, what: str, path: StrPath) -> bytes:

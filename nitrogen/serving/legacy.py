@@ -7,7 +7,10 @@ The original Windows client (``play.py``) sends pickled dicts over a REQ socket:
     {"type": "info"}
 
 and expects pickled replies ``{"status": "ok", "pred": {"j_left", "j_right", "buttons"}}``,
-``{"status": "ok", "info": {...}}`` or ``{"status": "error", "message": str}``.
+``{"status": "ok", "info": {...}}`` or ``{"status": "error", "message": str}``. The server builds
+its msgpack-style replies (whose ``pred`` is only the action tensor) and :func:`encode_legacy_reply`
+turns them into these, deriving the sticks and buttons with the one codec
+(:meth:`nitrogen.policy.ActionChunk.from_action_tensor`).
 
 The original server called ``pickle.loads`` on whatever arrived, which runs arbitrary code. Here
 payloads go through :func:`safe_loads`, whose unpickler resolves only an allow-list of globals
@@ -32,6 +35,7 @@ import numpy as np
 __all__ = [
     "ALLOWED_GLOBALS",
     "LegacyPickleError",
+    "encode_legacy_reply",
     "frame_from_legacy",
     "legacy_reply",
     "looks_like_pickle",
@@ -289,3 +293,18 @@ def legacy_reply(
     else:
         raise ValueError(f"status must be 'ok' or 'error', got {status!r}")
     return pickle.dumps(reply, protocol=REPLY_PROTOCOL)
+
+
+def encode_legacy_reply(reply: Mapping[str, Any]) -> bytes:
+    """A server reply (:mod:`nitrogen.serving.protocol` shape) as the pickle the original client reads.
+
+    An error keeps its message; a predict reply's ``pred["action_tensor"]`` becomes ``j_left``,
+    ``j_right`` and ``buttons``; any other ok reply sends its ``info`` (empty for reset and ping).
+    """
+    from ..policy import ActionChunk
+
+    if reply.get("status") != "ok":
+        return legacy_reply("error", message=str(reply.get("error")))
+    if "pred" in reply:
+        return legacy_reply(pred=ActionChunk.from_action_tensor(reply["pred"]["action_tensor"]))
+    return legacy_reply(info=reply.get("info", {}))

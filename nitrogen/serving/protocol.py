@@ -3,8 +3,8 @@
 Light on purpose: it needs only numpy and msgpack, so the client imports it without torch.
 
 Every message is one msgpack map. Arrays travel as ``{"__nd__": 1, "dtype": str, "shape": [..],
-"data": bytes}``; only the dtypes in :data:`ALLOWED_DTYPES` decode, object arrays never. A
-request::
+"data": bytes}``; only the dtypes in :data:`ALLOWED_DTYPES` decode, object arrays never, and an
+array's shape must account for its bytes exactly before it is viewed. A request::
 
     {"v": 1, "type": "predict" | "reset" | "info" | "ping", "id": any,
      "frame": uint8 (H, W, 3),                          # predict only
@@ -12,7 +12,16 @@ request::
      "game": str | int, "cfg_scale": float}             # optional per-session overrides
 
 A reply carries ``"status": "ok"`` and timing (``server_ms``, ``queue_ms``), or
-``"status": "error"`` with an ``"error"`` message saying what was wrong.
+``"status": "error"`` with an ``"error"`` message saying what was wrong. A predict reply also has
+``"pred": {"action_tensor": float32 (H, 25)}`` (decoded with
+:meth:`nitrogen.policy.ActionChunk.from_action_tensor`) and ``"batch_size"``; an info reply has
+``"info"``, a map :meth:`nitrogen.policy.PolicySpec.from_info` reads.
+
+Only wire-level checks live here: message structure, field types, the dtype allow-list and size
+budgets (:data:`MAX_FRAME_SIDE` is the one limit of :mod:`nitrogen.inference.preprocessing`). What a
+frame must be (uint8 RGB, non-empty) is checked once per side by
+:func:`~nitrogen.inference.preprocessing.as_rgb_frame`: in the client before sending, in the
+server's engine before the tower.
 """
 
 from __future__ import annotations
@@ -22,12 +31,28 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from ..inference.preprocessing import MAX_FRAME_SIDE
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "MAX_ARRAY_DIMS",
+    "MAX_FRAME_SIDE",
+    "MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
+    "REQUEST_TYPES",
+    "ProtocolError",
+    "decode",
+    "encode",
+    "error",
+    "ok",
+    "validate_request",
+]
+
 PROTOCOL_VERSION = 1
 REQUEST_TYPES = ("predict", "reset", "info", "ping")
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool"})
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 """Refused by ZeroMQ itself (``ZMQ_MAXMSGSIZE``) before it reaches the decoder."""
-MAX_FRAME_SIDE = 4096
 MAX_ARRAY_DIMS = 4
 _ND = "__nd__"
 
@@ -96,7 +121,11 @@ def decode(payload: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]
 
 
 def validate_request(msg: dict[str, Any]) -> dict[str, Any]:
-    """Check a decoded request's version, type and fields; return it unchanged."""
+    """Check a decoded request's version, type and field types; return it unchanged.
+
+    A predict ``frame`` must be an array whose sides fit :data:`MAX_FRAME_SIDE`; its dtype, channels
+    and emptiness are the engine's to check (:func:`~nitrogen.inference.preprocessing.as_rgb_frame`).
+    """
     version = msg.get("v")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {version!r}; this server speaks {PROTOCOL_VERSION}")
@@ -107,10 +136,8 @@ def validate_request(msg: dict[str, Any]) -> dict[str, Any]:
         frame = msg.get("frame")
         if not isinstance(frame, np.ndarray):
             raise ProtocolError("predict needs 'frame', a uint8 (H, W, 3) array")
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ProtocolError(f"'frame' must be a uint8 (H, W, 3) RGB array, got {frame.dtype} {frame.shape}")
-        if not (0 < frame.shape[0] <= MAX_FRAME_SIDE and 0 < frame.shape[1] <= MAX_FRAME_SIDE):
-            raise ProtocolError(f"'frame' of {frame.shape[1]}x{frame.shape[0]} is outside 1..{MAX_FRAME_SIDE} per side")
+        if any(side > MAX_FRAME_SIDE for side in frame.shape[:2]):
+            raise ProtocolError(f"'frame' of shape {frame.shape} exceeds the {MAX_FRAME_SIDE}-pixel limit per side")
         noise = msg.get("noise")
         if noise is not None and (not isinstance(noise, np.ndarray) or noise.dtype != np.float32 or noise.ndim != 2):
             raise ProtocolError("'noise' must be a float32 (H, 25) array")

@@ -1,14 +1,17 @@
 """A safe, multi-client, batching ZeroMQ inference server.
 
 One ROUTER socket; versioned msgpack messages (:mod:`nitrogen.serving.protocol`), never pickle (except the
-opt-in legacy mode, through a restricted unpickler). Each client identity has its own session:
-frame history, game and CFG scale. ``predict`` requests from different clients that arrive within
-the batching window run as one batched forward pass (:meth:`PolicyEngine.sample`).
+opt-in legacy mode, through a restricted unpickler). Each client identity has its own session (a
+:class:`~nitrogen.inference.history.FrameHistory`: frame history, game and CFG scale). ``predict``
+requests from different clients that arrive within the batching window run as one batch through
+:meth:`PolicyEngine.predict_batch`, the same path an in-process session takes.
 
-Threads: the I/O thread owns the ROUTER socket; it decodes and validates messages, answers
-``ping``/``info``/``reset`` itself, and queues ``predict`` requests. The worker thread takes
-batches from the queue, runs the model, and hands the replies back to the I/O thread through an
-in-process socket, so only one thread ever touches the ROUTER.
+Threads: the I/O thread owns the ROUTER socket; it decodes messages, checks them at the wire level
+(:func:`protocol.validate_request`), answers ``ping``/``info``/``reset`` itself, and queues
+``predict`` requests. The worker thread takes batches from the queue, runs the engine (which checks
+each frame, once), and hands the replies back to the I/O thread through an in-process socket, so
+only one thread ever touches the ROUTER. A predict reply carries ``pred: {"action_tensor"}``; the
+legacy encoder derives what the original client reads from it.
 """
 
 from __future__ import annotations
@@ -19,17 +22,17 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..inference.engine import FrameRequest, PolicyEngine
+from ..inference.history import FrameHistory
 from . import protocol
-from ..inference.engine import PolicyEngine, PredictRequest
 
 log = logging.getLogger("nitrogen.serving.server")
 
@@ -75,16 +78,12 @@ class ServerConfig(BaseModel):
         return self
 
 
-@dataclass
-class ClientSession:
-    """One client's state: its frame history and its settings."""
+class ClientSession(FrameHistory):
+    """One client's state: its frame history and settings, and when it was last heard from."""
 
-    history: deque[torch.Tensor]
-    game_id: int | None
-    game_name: str | None
-    cfg_scale: float
-    last_seen: float = field(default_factory=time.monotonic)
-    predictions: int = 0
+    def __init__(self, context_length: int, *, game_id: int | None, game_name: str | None, cfg_scale: float):
+        super().__init__(context_length, game_id=game_id, game_name=game_name, cfg_scale=cfg_scale)
+        self.last_seen = time.monotonic()
 
 
 @dataclass
@@ -219,7 +218,7 @@ class InferenceServer:
         while not self._stopped.wait(0.5):
             pass
 
-    def __enter__(self) -> InferenceServer:
+    def __enter__(self) -> InferenceServer:  # noqa: PYI034 (typing.Self needs 3.11; we support 3.10)
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -236,7 +235,9 @@ class InferenceServer:
                     evicted, _ = self.sessions.popitem(last=False)
                     log.info("evicted the idle session of %r (at %d sessions)", evicted, self.config.max_sessions)
                 game_id, game_name = self.default_game
-                session = ClientSession(deque(maxlen=self.context_length), game_id, game_name, self.config.cfg_scale)
+                session = ClientSession(
+                    self.context_length, game_id=game_id, game_name=game_name, cfg_scale=self.config.cfg_scale
+                )
                 self.sessions[identity] = session
             self.sessions.move_to_end(identity)
             session.last_seen = time.monotonic()
@@ -271,7 +272,7 @@ class InferenceServer:
             info["session"] = {
                 "game": session.game_name,
                 "cfg_scale": session.cfg_scale,
-                "frames_in_history": len(session.history),
+                "frames_in_history": len(session),
                 "predictions": session.predictions,
             }
         return info
@@ -330,14 +331,9 @@ class InferenceServer:
     def _encode_reply(self, reply: dict[str, Any], legacy: bool) -> bytes:
         if not legacy:
             return protocol.encode(reply)
-        from .legacy import legacy_reply
+        from .legacy import encode_legacy_reply
 
-        if reply["status"] != "ok":
-            return legacy_reply("error", message=reply["error"])
-        if "pred" in reply:
-            pred = {k: reply["pred"][k] for k in ("j_left", "j_right", "buttons")}
-            return legacy_reply(pred=pred)
-        return legacy_reply(info=reply.get("info", {}))
+        return encode_legacy_reply(reply)
 
     def _on_message(self, router: zmq.Socket, frames: list[bytes]) -> None:
         """Decode, validate and dispatch one message. Never raises: errors become error replies."""
@@ -372,7 +368,7 @@ class InferenceServer:
             session = self._session(identity)
             self._apply_overrides(session, request)
             if kind == "reset":
-                session.history.clear()
+                session.clear()
                 self._send(router, envelope, protocol.ok(request_id, server_ms=_ms_since(received)), legacy)
             elif kind == "info":
                 reply = protocol.ok(request_id, info=self.info(session), server_ms=_ms_since(received))
@@ -437,60 +433,50 @@ class InferenceServer:
             out.close(linger=1000)
 
     def _run_batch(self, batch: list[_Job]) -> list[dict[str, Any]]:
-        """Run one batched forward pass; every job gets a reply, an error one if it failed."""
-        engine = self.engine
+        """Run one batch through the engine; every job gets a reply, an error one if it failed."""
         started = time.perf_counter()
-        replies: list[dict[str, Any] | None] = [None] * len(batch)
-        ready: list[tuple[int, ClientSession, np.ndarray, torch.Tensor]] = []
-        for i, job in enumerate(batch):
-            try:
-                frame = engine.preprocess(job.request["frame"])
-                seed = job.request.get("seed")
-                generator = torch.Generator().manual_seed(seed) if seed is not None else None
-                noise = engine.noise(job.request.get("noise"), generator)
-                ready.append((i, self._session(job.identity), frame, noise))
-            except ValueError as exc:
-                replies[i] = protocol.error(str(exc), job.request.get("id"))
-        if ready:
-            try:
-                with torch.inference_mode(), engine.autocast():
-                    feats = engine.encode([frame for _, _, frame, _ in ready])
-                    requests = []
-                    for (_, session, _, noise), f in zip(ready, feats, strict=True):
-                        session.history.append(f)
-                        requests.append(
-                            PredictRequest(list(session.history), session.game_id, session.cfg_scale, noise)
+        requests = [
+            FrameRequest(
+                self._session(job.identity), job.request["frame"], job.request.get("noise"), job.request.get("seed")
+            )
+            for job in batch
+        ]
+        try:
+            result = self.engine.predict_batch(requests)
+        except Exception as exc:  # a bug must not take the worker down: answer everyone in the batch
+            log.exception("batch of %d failed", len(batch))
+            replies = [protocol.error(f"internal error: {type(exc).__name__}", job.request.get("id")) for job in batch]
+            batch_size = 0
+        else:
+            if result.failure is not None:
+                log.error("batch of %d failed", result.batch_size, exc_info=result.failure)
+            replies = []
+            for job, action, error in zip(batch, result.actions, result.errors, strict=True):
+                request_id = job.request.get("id")
+                if action is not None:
+                    replies.append(
+                        protocol.ok(
+                            request_id,
+                            pred={"action_tensor": action},
+                            server_ms=_ms_since(job.received),
+                            queue_ms=(started - job.received) * 1e3,
+                            batch_size=result.batch_size,
                         )
-                    actions = engine.sample(requests)
-            except Exception as exc:
-                log.exception("batch of %d failed", len(ready))
-                for i, *_ in ready:
-                    replies[i] = protocol.error(
-                        f"inference failed: {type(exc).__name__}: {exc}", batch[i].request.get("id")
                     )
-            else:
-                from ..actions import unpack_actions
-
-                for (i, session, _, _), action in zip(ready, actions, strict=True):
-                    session.predictions += 1
-                    j_left, j_right, buttons = unpack_actions(action)
-                    job = batch[i]
-                    replies[i] = protocol.ok(
-                        job.request.get("id"),
-                        pred={"j_left": j_left, "j_right": j_right, "buttons": buttons, "action_tensor": action},
-                        server_ms=_ms_since(job.received),
-                        queue_ms=(started - job.received) * 1e3,
-                        batch_size=len(ready),
-                    )
+                elif error is not None and error is result.failure:
+                    replies.append(protocol.error(f"inference failed: {type(error).__name__}: {error}", request_id))
+                else:
+                    replies.append(protocol.error(str(error), request_id))
+            batch_size = result.batch_size
         with self.stats.lock:
-            self.stats.batches.append(len(ready))
+            self.stats.batches.append(batch_size)
             for reply in replies:
-                if reply is not None and reply["status"] == "ok":
+                if reply["status"] == "ok":
                     self.stats.predictions += 1
                     self.stats.latency_ms.append(reply["server_ms"])
                 else:
                     self.stats.errors += 1
-        return [r if r is not None else protocol.error("no reply") for r in replies]
+        return replies
 
 
 def _ms_since(t: float) -> float:

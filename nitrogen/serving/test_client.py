@@ -19,9 +19,10 @@ import zmq
 import zmq.auth.thread
 
 from nitrogen.actions import unpack_actions
+from nitrogen.inference.preprocessing import MAX_FRAME_SIDE
+from nitrogen.policy import ActionChunk, Policy, PolicySpec
 from nitrogen.serving.client import ModelClient, ServerError
 from nitrogen.serving.keys import ClientCurve, CurveKeys, generate_keys, load_keypair
-from nitrogen.policy import ActionChunk, Policy
 from nitrogen.serving.protocol import decode, encode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -317,8 +318,16 @@ def test_client_imports_without_torch() -> None:
         sys.meta_path.insert(0, NoTorch())
         from nitrogen.serving.client import ModelClient
 
+        import numpy as np
+        from nitrogen.inference.preprocessing import as_rgb_frame
+
+        as_rgb_frame(np.zeros((2, 2, 3), np.uint8))
         client = ModelClient("tcp://127.0.0.1:1", timeout_s=0.1, retries=1)
         repr(client)
+        try:
+            client.predict(np.zeros((4, 4, 3), np.uint8))  # checks and encodes the frame, then times out
+        except TimeoutError:
+            pass
         client.close()
         heavy = sorted(n for n in sys.modules if n.split(".")[0] in {"torch", "cv2", "PIL"})
         print(json.dumps({"attempts": attempts, "heavy": heavy}))
@@ -349,3 +358,47 @@ def test_curve_allows_known_clients_and_ignores_unknown_ones(serve: Callable[...
     ):
         client.ping()
     assert len(server.received) == 1
+
+
+def spec_handler(request: dict[str, Any], n: int) -> Reply:
+    if request.get("type") == "info":
+        info = {
+            "name": "fake",
+            "action_horizon": HORIZON,
+            "action_shift": 1,
+            "image_size": 224,
+            "step_rate_hz": 60.0,
+            "buttons": list(PolicySpec().buttons),
+            "games": {"": 0, "alpha": 1},
+        }
+        return ok_reply(request, info=info)
+    return default_handler(request, n)
+
+
+def test_spec_is_fetched_once_and_reset_keeps_it(serve: Callable[..., FakeServer]) -> None:
+    server = serve(spec_handler)
+    with ModelClient(server.address, timeout_s=5) as client:
+        assert isinstance(client, Policy)  # looks the property up without calling it
+        client.ping()
+        spec = client.spec
+        client.reset()
+        assert client.spec is spec
+    assert spec == PolicySpec(
+        name="fake", action_horizon=HORIZON, action_shift=1, image_size=224, game_mapping={"": 0, "alpha": 1}
+    )
+    assert [r["type"] for _, r in server.received] == ["ping", "info", "reset"]
+
+
+def test_an_info_that_describes_no_policy_raises_server_error(serve: Callable[..., FakeServer]) -> None:
+    server = serve()
+    with ModelClient(server.address, timeout_s=5) as client, pytest.raises(ServerError, match="action_horizon"):
+        _ = client.spec
+
+
+def test_frames_over_the_one_limit_are_refused_locally(serve: Callable[..., FakeServer]) -> None:
+    server = serve()
+    with ModelClient(server.address, timeout_s=5) as client:
+        with pytest.raises(ValueError, match=f"{MAX_FRAME_SIDE}-pixel limit"):
+            client.predict(np.zeros((1, MAX_FRAME_SIDE + 1, 3), np.uint8))
+        client.predict(np.zeros((1, MAX_FRAME_SIDE, 3), np.uint8))
+    assert [r["frame"].shape for _, r in server.received] == [(1, MAX_FRAME_SIDE, 3)]

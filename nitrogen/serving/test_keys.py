@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zmq.auth
 
 from nitrogen.serving.keys import ClientCurve, CurveKeys, generate_keys, load_keypair, load_public
 
@@ -108,3 +109,13 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="keys"):
         load_public(tmp_path / "keys")  # a folder, not a file
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_files_are_pyzmq_certificates_and_public_ones_are_readable(tmp_path: Path) -> None:
+    paths = generate_keys(tmp_path, clients=2)
+    for public in (paths.server_public, *paths.client_public):
+        assert stat.S_IMODE(os.stat(public).st_mode) == 0o644, public
+    allowed = zmq.auth.load_certificates(str(paths.clients_dir))  # what the server's authenticator reads
+    assert set(allowed) == {load_keypair(p).public for p in paths.client_secret}
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]

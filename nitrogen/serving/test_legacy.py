@@ -15,6 +15,7 @@ from PIL import Image
 from nitrogen.serving.legacy import (
     ALLOWED_GLOBALS,
     LegacyPickleError,
+    encode_legacy_reply,
     frame_from_legacy,
     legacy_reply,
     looks_like_pickle,
@@ -325,3 +326,18 @@ def test_legacy_reply_refuses_inconsistent_arguments() -> None:
         legacy_reply(pred={"j_left": np.zeros(2)})
     with pytest.raises(ValueError, match="status"):
         legacy_reply("maybe")
+
+
+def test_encode_legacy_reply_derives_sticks_and_buttons_from_the_action_tensor() -> None:
+    from nitrogen.actions import unpack_actions
+
+    tensor = np.random.default_rng(0).random((18, 25), dtype=np.float32)
+    reply = pickle.loads(encode_legacy_reply({"v": 1, "status": "ok", "id": None, "pred": {"action_tensor": tensor}}))
+    assert reply["status"] == "ok" and set(reply["pred"]) == {"j_left", "j_right", "buttons"}
+    for got, want in zip((reply["pred"][k] for k in ("j_left", "j_right", "buttons")), unpack_actions(tensor)):
+        np.testing.assert_array_equal(got, want)
+    error = {"v": 1, "status": "error", "id": None, "error": "frame is empty"}
+    assert pickle.loads(encode_legacy_reply(error)) == {"status": "error", "message": "frame is empty"}
+    info = {"v": 1, "status": "ok", "id": None, "info": {"name": "ng"}, "server_ms": 0.1}
+    assert pickle.loads(encode_legacy_reply(info)) == {"status": "ok", "info": {"name": "ng"}}
+    assert pickle.loads(encode_legacy_reply({"v": 1, "status": "ok", "id": None})) == {"status": "ok", "info": {}}

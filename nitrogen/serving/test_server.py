@@ -400,3 +400,44 @@ def test_pipelined_requests_from_one_client_keep_their_order(golden_dir, golden)
         sock.close()
     for i in range(2):
         np.testing.assert_allclose(replies[i]["pred"]["action_tensor"], z[f"action_tensor_{i}"], atol=1e-4)
+
+
+def test_predict_reply_carries_the_action_tensor_only(server, golden):
+    z = golden["released_layout"]
+    sock = _socket(zmq.Context.instance(), server.address)
+    reply = _request(sock, {"v": 1, "type": "predict", "id": 3, "frame": z["image_0"], "noise": z["noise_0"]})
+    sock.close()
+    assert set(reply["pred"]) == {"action_tensor"}
+    assert reply["pred"]["action_tensor"].dtype == np.float32 and reply["pred"]["action_tensor"].shape == (18, 25)
+    assert reply["batch_size"] == 1 and reply["server_ms"] >= reply["queue_ms"] >= 0
+
+
+def test_one_frame_limit_and_one_frame_check(server):
+    from nitrogen.inference import preprocessing
+
+    assert protocol.MAX_FRAME_SIDE is preprocessing.MAX_FRAME_SIDE
+    sock = _socket(zmq.Context.instance(), server.address)
+    too_tall = np.zeros((preprocessing.MAX_FRAME_SIDE + 1, 1, 3), np.uint8)
+    cases = [
+        (too_tall, f"exceeds the {preprocessing.MAX_FRAME_SIDE}-pixel limit"),  # the wire budget
+        (np.zeros((0, 4, 3), np.uint8), "frame is empty"),  # the engine's check
+        (np.zeros((4, 4, 3), np.int16), "dtype uint8"),
+    ]
+    for frame, expected in cases:
+        reply = _request(sock, {"v": 1, "type": "predict", "frame": frame})
+        assert reply["status"] == "error" and expected in reply["error"], reply
+    assert server.sessions[next(iter(server.sessions))].predictions == 0
+    sock.close()
+
+
+def test_a_224_checkpoint_is_served_at_its_own_frame_size(tiny_ckpt_224):
+    engine = PolicyEngine.from_checkpoint(tiny_ckpt_224, device="cpu")
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    noise = np.random.default_rng(1).standard_normal((engine.action_horizon, 25)).astype(np.float32)
+    with InferenceServer(engine, ServerConfig(port=0)) as srv, ModelClient(srv.address, timeout_s=20) as client:
+        info = client.info()
+        assert info["image_size"] == 224 and info["name"] == "tiny224"
+        assert client.spec.image_size == 224 and client.spec.name == "tiny224"
+        remote = client.predict(frame, noise=noise)
+    local = InferenceSession(engine).predict(frame, noise=noise)
+    np.testing.assert_allclose(remote.action_tensor, local.action_tensor, atol=1e-5)

@@ -1,0 +1,145 @@
+"""PolicyEngine.predict_batch, the one inference path, and the frame size the checkpoint owns."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from nitrogen import InferenceSession
+from nitrogen.inference.engine import FrameRequest, PolicyEngine, checkpoint_name
+from nitrogen.inference.history import FrameHistory
+from nitrogen.inference.preprocessing import to_pixels
+from nitrogen.policy import PolicySpec
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_ckpt):
+    return PolicyEngine.from_checkpoint(tiny_ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def frames(golden_dir):
+    z = np.load(golden_dir / "released_layout.npz")
+    return z["image_0"], z["image_1"]
+
+
+def _noise(seed, H=18):
+    return np.random.default_rng(seed).standard_normal((H, 25)).astype(np.float32)
+
+
+def test_a_batch_equals_each_request_alone(engine, frames):
+    histories = [FrameHistory(1), FrameHistory(1)]
+    result = engine.predict_batch([FrameRequest(h, f, _noise(k)) for k, (h, f) in enumerate(zip(histories, frames))])
+    assert result.batch_size == 2 and result.failure is None and result.errors == [None, None]
+    assert result.total_ms >= result.vision_ms > 0 and result.sample_ms > 0
+    for k, frame in enumerate(frames):
+        alone = InferenceSession(engine).predict(frame, noise=_noise(k))
+        np.testing.assert_allclose(result.actions[k], alone.action_tensor, atol=1e-5)
+        assert len(histories[k]) == 1 and histories[k].predictions == 1
+
+
+def test_a_bad_request_fails_alone_and_leaves_its_history_untouched(engine, frames):
+    good, bad, bad_noise = FrameHistory(1), FrameHistory(1), FrameHistory(1)
+    result = engine.predict_batch(
+        [
+            FrameRequest(good, frames[0], _noise(0)),
+            FrameRequest(bad, np.zeros((8, 8, 4), np.uint8)),
+            FrameRequest(bad_noise, frames[1], np.zeros((3, 25), np.float32)),
+        ]
+    )
+    assert result.batch_size == 1 and result.failure is None
+    assert result.actions[0] is not None and result.actions[1] is None and result.actions[2] is None
+    assert isinstance(result.errors[1], ValueError) and "(H, W, 3)" in str(result.errors[1])
+    assert isinstance(result.errors[2], ValueError) and "noise must have shape" in str(result.errors[2])
+    assert (len(good), good.predictions) == (1, 1)
+    assert (len(bad), bad.predictions, len(bad_noise), bad_noise.predictions) == (0, 0, 0, 0)
+
+
+def test_a_request_seed_overrides_the_history_generator(engine, frames):
+    seeded = engine.predict_batch([FrameRequest(FrameHistory(1, seed=5), frames[0], seed=11)])
+    same = engine.predict_batch([FrameRequest(FrameHistory(1), frames[0], seed=11)])
+    history_seed = engine.predict_batch([FrameRequest(FrameHistory(1, seed=11), frames[0])])
+    np.testing.assert_array_equal(seeded.actions[0], same.actions[0])
+    np.testing.assert_array_equal(seeded.actions[0], history_seed.actions[0])
+
+
+def test_a_failing_model_pass_fails_every_request_that_reached_it(tiny_ckpt, frames, monkeypatch):
+    engine = PolicyEngine.from_checkpoint(tiny_ckpt, device="cpu")
+
+    def broken(requests):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(engine, "sample", broken)
+    histories = [FrameHistory(1), FrameHistory(1)]
+    result = engine.predict_batch([FrameRequest(histories[0], frames[0]), FrameRequest(histories[1], "nope")])
+    assert isinstance(result.failure, RuntimeError) and result.batch_size == 1
+    assert result.errors[0] is result.failure and isinstance(result.errors[1], ValueError)
+    assert result.actions == [None, None] and histories[0].predictions == 0
+
+
+def test_a_history_appears_once_per_batch(engine, frames):
+    history = FrameHistory(1)
+    with pytest.raises(ValueError, match="once per batch"):
+        engine.predict_batch([FrameRequest(history, frames[0]), FrameRequest(history, frames[1])])
+    assert len(history) == 0
+
+
+def test_frame_history_settings():
+    history = FrameHistory(2, game_id=1, game_name="alpha", cfg_scale=2)
+    assert (history.context_length, history.cfg_scale, history.generator) == (2, 2.0, None)
+    for k in range(3):
+        history.append(torch.full((1,), float(k)))
+    assert len(history) == 2 and [t.item() for t in history.features] == [1.0, 2.0]
+    history.clear()
+    assert len(history) == 0 and history.game_name == "alpha"
+    with pytest.raises(ValueError, match="cfg_scale"):
+        history.cfg_scale = float("inf")
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        FrameHistory(0)
+
+
+def test_info_has_everything_a_policy_spec_reads(engine):
+    info = engine.info()
+    spec = PolicySpec.from_info(info)
+    assert spec == PolicySpec(
+        name="released_layout", action_horizon=18, action_shift=1, image_size=256, step_rate_hz=60.0
+    )
+    assert info["checkpoint"].endswith("released_layout.pt")
+
+
+def test_checkpoint_names_are_readable(tiny_ckpt, tmp_path):
+    assert checkpoint_name("/data/ckpts/ng.pt") == "ng"
+    assert checkpoint_name("runs/gopher-ft/model.pt") == "gopher-ft/model.pt"
+    assert checkpoint_name("runs/gopher-ft/model.safetensors") == "gopher-ft/model.safetensors"
+    assert checkpoint_name(None, "my-experiment") == "my-experiment"
+    copied = tmp_path / "gopher" / "model.pt"
+    copied.parent.mkdir()
+    shutil.copy(tiny_ckpt, copied)
+    assert PolicyEngine.from_checkpoint(copied, device="cpu").info()["name"] == "gopher/model.pt"
+
+
+def test_the_frame_reaching_the_tower_is_squashed_once_to_the_checkpoints_size(tiny_ckpt_224, monkeypatch):
+    session = InferenceSession.from_checkpoint(tiny_ckpt_224, device="cpu", seed=0)
+    assert session.engine.image_size == 224 and session.spec.image_size == 224
+    seen: list[torch.Tensor] = []
+    encode_frames = session.model.encode_frames
+
+    def recording(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(pixels.clone())
+        return encode_frames(pixels)
+
+    monkeypatch.setattr(session.model, "encode_frames", recording)
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    chunk = session.predict(frame)
+    assert chunk.action_tensor.shape == (session.spec.action_horizon, 25)
+    [pixels] = seen
+    assert pixels.shape == (1, 3, 224, 224)
+    once = to_pixels(cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA)[None])
+    torch.testing.assert_close(pixels, once, rtol=0, atol=0)
+    at_256 = cv2.resize(frame, (256, 256), interpolation=cv2.INTER_AREA)
+    via_256 = cv2.resize(at_256, (224, 224), interpolation=cv2.INTER_AREA)
+    assert not torch.equal(pixels, to_pixels(via_256[None]))
