@@ -27,7 +27,7 @@ from machine import machine_info  # bench/machine.py (this folder is on sys.path
 from nitrogen.envs import make_env
 from nitrogen.runtime.agents import make_agent
 from nitrogen.gamepad import states_from_chunk
-from nitrogen.runtime.loop import policy_frame
+from nitrogen.runtime.loop import prepare_frame
 from nitrogen.inference.session import InferenceSession
 
 
@@ -43,7 +43,7 @@ def compare(
     for t in range(frames):
         wanted = expert.act(env, frame)
         if t % every == 0:
-            chunk = states_from_chunk(session.predict(policy_frame(frame)).action_tensor)
+            chunk = states_from_chunk(session.predict(prepare_frame(frame, session.spec)).action_tensor)
             held = chunk[:every]
             pairs[(env.to_env_action(wanted), env.to_env_action(chunk[0]))] += 1
         state = held[t % every] if policy_drives else wanted
