@@ -25,10 +25,10 @@ from typing import Any
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
 from nitrogen.envs import make_env
-from nitrogen.runtime.agents import make_agent
 from nitrogen.gamepad import states_from_chunk
-from nitrogen.runtime.loop import prepare_frame
 from nitrogen.inference.session import InferenceSession
+from nitrogen.runtime.agents import make_agent
+from nitrogen.runtime.loop import prepare_frame
 
 
 def compare(

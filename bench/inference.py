@@ -55,9 +55,9 @@ import torch
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 from torch import Tensor
 
+from nitrogen.inference.cpu_kernels import pack_linears, packing_available, unpack_linears
 from nitrogen.model.checkpoint import build_model, load_model
 from nitrogen.model.configuration import CheckpointConfig
-from nitrogen.inference.cpu_kernels import pack_linears, packing_available, unpack_linears
 from nitrogen.model.modeling import Conditioning, NitroGenModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

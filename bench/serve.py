@@ -66,10 +66,10 @@ import numpy as np
 import torch
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
-from nitrogen.model.checkpoint import RawCheckpoint, build_model
-from nitrogen.serving.client import ModelClient
-from nitrogen.model.configuration import CheckpointConfig
 from nitrogen.inference.engine import PolicyEngine
+from nitrogen.model.checkpoint import RawCheckpoint, build_model
+from nitrogen.model.configuration import CheckpointConfig
+from nitrogen.serving.client import ModelClient
 from nitrogen.serving.server import InferenceServer, ServerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -32,8 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from nitrogen.actions import BUTTONS
-from nitrogen.model.checkpoint import model_from_checkpoint
 from nitrogen.data import GameplayDataset, WindowConfig, load_gameplays, split_by_episode
+from nitrogen.model.checkpoint import model_from_checkpoint
 from nitrogen.model.presets import get_preset, init_checkpoint
 
 LEFT, RIGHT = BUTTONS.index("DPAD_LEFT"), BUTTONS.index("DPAD_RIGHT")

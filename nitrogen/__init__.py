@@ -58,13 +58,20 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .actions import ACTION_DIM, BUTTONS, pack_actions, unpack_actions  # noqa: F401
-    from .model.checkpoint import convert_checkpoint, load_model, read_checkpoint, save_checkpoint  # noqa: F401
-    from .model.configuration import CheckpointConfig, DiTConfig, MixerConfig, ModalityConfig, ModelConfig, TokenizerConfig  # noqa: F401
     from .default_agent import agent_path, demo  # noqa: F401
-    from .inference.engine import PolicyEngine  # noqa: F401
     from .errors import CheckpointError, NitrogenError, UnknownVisionEncoderError  # noqa: F401
-    from .runtime.human import HumanAgent  # noqa: F401
-    from .model.modeling import NitroGenModel  # noqa: F401
-    from .policy import ActionChunk, Policy  # noqa: F401
-    from .model.presets import init_checkpoint  # noqa: F401
+    from .inference.engine import PolicyEngine  # noqa: F401
     from .inference.session import InferenceSession  # noqa: F401
+    from .model.checkpoint import convert_checkpoint, load_model, read_checkpoint, save_checkpoint  # noqa: F401
+    from .model.configuration import (  # noqa: F401
+        CheckpointConfig,
+        DiTConfig,
+        MixerConfig,
+        ModalityConfig,
+        ModelConfig,
+        TokenizerConfig,
+    )
+    from .model.modeling import NitroGenModel  # noqa: F401
+    from .model.presets import init_checkpoint  # noqa: F401
+    from .policy import ActionChunk, Policy  # noqa: F401
+    from .runtime.human import HumanAgent  # noqa: F401

@@ -287,9 +287,13 @@ def play_command(
     ] = None,
     mode: Annotated[
         str | None,
-        typer.Option(help="sync (the game waits for the policy) or async (it never waits); default: async, sync for --replay."),
+        typer.Option(
+            help="sync (the game waits for the policy) or async (it never waits); default: async, sync for --replay."
+        ),
     ] = None,
-    max_frames: Annotated[int | None, typer.Option(help="Stop each episode after this many game frames.", min=1)] = None,
+    max_frames: Annotated[
+        int | None, typer.Option(help="Stop each episode after this many game frames.", min=1)
+    ] = None,
     episodes: Annotated[int, typer.Option(help="Episodes to play.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed of the game (and of the policy's noise in-process).")] = None,
     allow_menu: Annotated[bool, typer.Option(help="Let START, GUIDE and BACK through.")] = False,
@@ -302,7 +306,9 @@ def play_command(
     actions_per_chunk: Annotated[
         int | None, typer.Option(help="Play the first N actions of each chunk, then switch to the next.", min=1)
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="For --ckpt: Euler steps (default: the checkpoint's).", min=1)] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="For --ckpt: Euler steps (default: the checkpoint's).", min=1)
+    ] = None,
     device: Annotated[str | None, typer.Option(help="For --ckpt: cuda, cpu, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="For --ckpt: float32 or bfloat16 weights.")] = None,
     game: Annotated[str | None, typer.Option(help="For --ckpt: the game to condition on, by name or id.")] = None,
@@ -547,7 +553,9 @@ def record_command(
 @app.command("eval")
 def eval_command(
     env: Annotated[str, typer.Option(help="Games, comma-separated: ale:Freeway,ale:Gopher")],
-    policy: Annotated[list[str], typer.Option(help="ckpt:PATH, default, server:ADDR, replay:PATH, random or scripted.")],
+    policy: Annotated[
+        list[str], typer.Option(help="ckpt:PATH, default, server:ADDR, replay:PATH, random or scripted.")
+    ],
     episodes: Annotated[int, typer.Option(help="Episodes per game (seeds 0..N-1 unless --seeds).")] = 3,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
     max_frames: Annotated[int, typer.Option(help="Frame budget per episode.", min=1)] = 10_000,
@@ -587,7 +595,9 @@ def eval_command(
     env_ids = env.split(",")
     pairs = sum(has_policy_for(spec, env_id) for env_id in env_ids for spec in specs)
     try:
-        with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        with Progress(
+            TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
             task = bar.add_task("eval", total=pairs * len(seed_list))
 
             def on_episode(r: EpisodeResult) -> None:

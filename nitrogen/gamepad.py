@@ -47,7 +47,12 @@ _PHYSICAL_INDEX = np.asarray([BUTTON_INDEX[b] for b in PHYSICAL_BUTTONS])
 def virtual_buttons(j_right: np.ndarray, threshold: float = VIRTUAL_THRESHOLD) -> dict[str, np.ndarray]:
     """The four virtual buttons of ``(N, 2)`` right-stick values (+y points down, so up is -y)."""
     x, y = j_right[:, 0], j_right[:, 1]
-    return {"RIGHT_UP": y < -threshold, "RIGHT_BOTTOM": y > threshold, "RIGHT_LEFT": x < -threshold, "RIGHT_RIGHT": x > threshold}
+    return {
+        "RIGHT_UP": y < -threshold,
+        "RIGHT_BOTTOM": y > threshold,
+        "RIGHT_LEFT": x < -threshold,
+        "RIGHT_RIGHT": x > threshold,
+    }
 
 
 def pack_pad(
@@ -59,7 +64,11 @@ def pack_pad(
     included); ``j_left``/``j_right (N, 2)`` are in [-1, 1]. Sticks are stored as ``(v + 1) / 2``
     and the virtual buttons come from ``j_right``.
     """
-    pressed, j_left, j_right = np.asarray(pressed, bool), np.asarray(j_left, np.float32), np.asarray(j_right, np.float32)
+    pressed, j_left, j_right = (
+        np.asarray(pressed, bool),
+        np.asarray(j_left, np.float32),
+        np.asarray(j_right, np.float32),
+    )
     N = pressed.shape[0]
     if pressed.shape != (N, len(PHYSICAL_BUTTONS)) or j_left.shape != (N, 2) or j_right.shape != (N, 2):
         raise ValueError(
@@ -73,6 +82,7 @@ def pack_pad(
     out[:, LEFT_STICK_SLICE] = (j_left + 1.0) / 2.0
     out[:, RIGHT_STICK_SLICE] = (j_right + 1.0) / 2.0
     return out
+
 
 MENU_BUTTONS: frozenset[str] = frozenset({"START", "GUIDE", "BACK"})
 

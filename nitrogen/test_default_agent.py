@@ -10,7 +10,6 @@ import av
 import pytest
 from typer.testing import CliRunner
 
-from nitrogen.model.checkpoint import read_checkpoint
 from nitrogen.cli import app
 from nitrogen.default_agent import (
     ASSET_DIR,
@@ -21,8 +20,9 @@ from nitrogen.default_agent import (
     demo,
     load_card,
 )
-from nitrogen.runtime.experts import EXPERTS
+from nitrogen.model.checkpoint import read_checkpoint
 from nitrogen.model.presets import preset_config
+from nitrogen.runtime.experts import EXPERTS
 
 runner = CliRunner()
 

@@ -30,8 +30,8 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
 from ..atomic import atomic_path
-from .configuration import CheckpointConfig
 from ..errors import CheckpointError
+from .configuration import CheckpointConfig
 from .modeling import NitroGenModel
 from .vision import PREFIX as VISION_PREFIX
 from .vision import VisionSpec, lookup_spec, rebuild_position_ids, spec_from_weights

@@ -17,9 +17,9 @@ from typing import Literal
 
 import torch
 
+from ..errors import NitrogenError
 from .checkpoint import RawCheckpoint, build_model
 from .configuration import CheckpointConfig
-from ..errors import NitrogenError
 from .vision import VisionSpec, lookup_spec
 
 INIT_PREFIX = "init:"

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from nitrogen.inference.preprocessing import preprocess
 from nitrogen.model.checkpoint import build_model, load_model
 from nitrogen.model.configuration import CheckpointConfig
 from nitrogen.model.modeling import Conditioning
-from nitrogen.inference.preprocessing import preprocess
 
 
 def test_full_size_model_has_the_released_state_dict(golden_dir):

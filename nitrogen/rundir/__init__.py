@@ -2,7 +2,7 @@
 itself (run_folder) and the plots (plots, which need matplotlib only when a plot is drawn)."""
 
 from .overlay import DebugLayout, debug_frame, debug_layout
-from .plots import ScoreRow, eval_chart, plot_curves, policy_label
+from .plots import ScoreRow, eval_chart, plot_curves
 from .run_folder import RunRecorder, new_run_dir
 from .video import VideoWriter
 
@@ -16,5 +16,4 @@ __all__ = [
     "eval_chart",
     "new_run_dir",
     "plot_curves",
-    "policy_label",
 ]

@@ -5,7 +5,6 @@
 * :func:`eval_chart` (:func:`eval_figure`): one panel per game on its own score scale, and a "gap closed" panel where
   every game is normalised to random = 0 and expert = 1 (``results.png`` of ``nitrogen eval``).
   It takes plain :class:`ScoreRow` data, so it knows nothing of the benchmark harness.
-* :func:`policy_label` / :func:`policy_labels`: readable names for ``--policy`` specs.
 
 Figures are :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas directly, so the
 backend is Agg whatever ``pyplot`` is set to, and no global pyplot state (current figure, backend)
@@ -18,14 +17,14 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
 
-__all__ = ["ScoreRow", "curves_figure", "eval_chart", "eval_figure", "plot_curves", "policy_label", "policy_labels"]
+__all__ = ["ScoreRow", "curves_figure", "eval_chart", "eval_figure", "plot_curves"]
 
 Series = Sequence[tuple[int, float]]
 
@@ -141,46 +140,12 @@ class ScoreRow:
 
     game: str
     policy: str
-    """The label shown (see :func:`policy_label`); ``random`` and ``scripted`` are the baselines."""
+    """The label shown (see :func:`nitrogen.runtime.sources.policy_label`); ``random`` and ``scripted``
+    are the baselines."""
     score_mean: float
     score_std: float = 0.0
     gap_closed: float | None = None
     """``(score - random) / (expert - random)``, or ``None`` (baselines, games without both)."""
-
-
-def policy_label(spec: str) -> str:
-    """A readable label for a ``--policy`` spec, for charts.
-
-    ``ckpt:PATH`` shows as the name of the agent card (``agent.json``) beside the checkpoint when
-    there is a valid one, else as ``<folder>/<file>`` (``ckpt:/a/b/runs/x/model.pt`` ->
-    ``x/model.pt``); ``replay:PATH`` as ``replay:<file>``. Everything else (``random``,
-    ``scripted``, ``server:ADDR``) stays as it is.
-    """
-    kind, sep, value = spec.partition(":")
-    if not sep or kind not in ("ckpt", "replay") or not value:
-        return spec
-    path = Path(value)
-    if kind == "replay":
-        return f"replay:{path.name}"
-    from ..default_agent import CARD_FILE, AgentCard
-
-    card = path.parent / CARD_FILE
-    if card.is_file():
-        try:
-            return AgentCard.model_validate_json(card.read_text(encoding="utf-8")).name
-        except (OSError, ValueError):  # not a card of ours: fall back to the path
-            pass
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
-
-
-def policy_labels(specs: Iterable[str]) -> dict[str, str]:
-    """``spec -> label`` by :func:`policy_label`; specs whose labels would collide keep their spec."""
-    specs = list(dict.fromkeys(specs))
-    labels = {spec: policy_label(spec) for spec in specs}
-    taken: dict[str, int] = {}
-    for label in labels.values():
-        taken[label] = taken.get(label, 0) + 1
-    return {spec: (label if taken[label] == 1 else spec) for spec, label in labels.items()}
 
 
 def _colours(policies: Sequence[str]) -> dict[str, str]:

@@ -49,9 +49,7 @@ def test_overlay_shape_and_type(shape: tuple[int, int]) -> None:
     ("shape", "beside"),
     [((210, 160), True), ((96, 96), True), ((720, 1280), False), ((211, 161), True), ((721, 1281), False)],
 )
-def test_the_game_picture_is_copied_unchanged_and_nothing_is_drawn_on_it(
-    shape: tuple[int, int], beside: bool
-) -> None:
+def test_the_game_picture_is_copied_unchanged_and_nothing_is_drawn_on_it(shape: tuple[int, int], beside: bool) -> None:
     h, w = shape
     frame = np.random.default_rng(3).integers(0, 256, (h, w, 3), dtype=np.uint8)
     layout = debug_layout(w, h)

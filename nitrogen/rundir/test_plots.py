@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from pathlib import Path
 
 import cv2
 import pytest
 
-from nitrogen.default_agent import ASSET_DIR, CARD_FILE, AgentCard
 from nitrogen.rundir.plots import (
     ScoreRow,
     curves_figure,
     eval_chart,
     eval_figure,
     plot_curves,
-    policy_label,
-    policy_labels,
 )
 
 # The numbers of a real evaluation: Freeway 0-12, Gopher 200-540 (one axis could not show both).
@@ -110,32 +106,3 @@ def test_eval_chart_without_baselines_or_rows(tmp_path: Path) -> None:
     assert cv2.imread(str(eval_chart(tmp_path / "none.png", []))) is not None
     with pytest.raises(ValueError, match="two rows"):
         eval_figure([ROWS[0], ROWS[0]])
-
-
-def test_policy_labels_are_readable(tmp_path: Path) -> None:
-    assert policy_label("ckpt:/a/b/runs/x/model.pt") == "x/model.pt"
-    assert policy_label("ckpt:model.pt") == "model.pt"
-    assert policy_label("replay:/data/run-3/actions.jsonl") == "replay:actions.jsonl"
-    for spec in ("random", "scripted", "server:tcp://127.0.0.1:5555"):
-        assert policy_label(spec) == spec
-    # A checkpoint with an agent card beside it shows the card's name.
-    agent = tmp_path / "agent"
-    agent.mkdir()
-    shutil.copy(ASSET_DIR / CARD_FILE, agent / CARD_FILE)
-    name = AgentCard.model_validate_json((ASSET_DIR / CARD_FILE).read_text()).name
-    assert policy_label(f"ckpt:{agent / 'model.pt'}") == name == "nitrogen-default-agent"
-    # A file of that name that is not a card: the path label.
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / CARD_FILE).write_text('{"not": "a card"}')
-    assert policy_label(f"ckpt:{other / 'best.pt'}") == "other/best.pt"
-
-
-def test_policy_labels_keep_the_spec_where_labels_would_collide() -> None:
-    specs = ["ckpt:/a/runs/x/model.pt", "ckpt:/b/runs/x/model.pt", "ckpt:/c/y/model.pt", "random", "random"]
-    assert policy_labels(specs) == {
-        "ckpt:/a/runs/x/model.pt": "ckpt:/a/runs/x/model.pt",
-        "ckpt:/b/runs/x/model.pt": "ckpt:/b/runs/x/model.pt",
-        "ckpt:/c/y/model.pt": "y/model.pt",
-        "random": "random",
-    }

@@ -23,7 +23,6 @@ def _solid(h: int, w: int, rgb: tuple[int, int, int]) -> np.ndarray:
     return frame
 
 
-
 def test_odd_sized_frames_roundtrip_with_right_colours(tmp_path: Path) -> None:
     path = tmp_path / "red.mp4"
     red = _solid(211, 161, (255, 0, 0))

@@ -152,8 +152,9 @@ def markdown_table(summaries: Sequence[Summary]) -> str:
 def bar_chart(summaries: Sequence[Summary], path: Path, width: int | None = None, row_h: int = 36) -> Path:
     """The evaluation chart of ``summaries`` (:func:`nitrogen.rundir.plots.eval_chart`): one panel per
     game on its own scale and a gap-closed panel, policies labelled by
-    :func:`~nitrogen.rundir.plots.policy_labels`. ``width`` is in pixels, ``row_h`` pixels per bar."""
-    from ..rundir.plots import ScoreRow, eval_chart, policy_labels
+    :func:`~nitrogen.runtime.sources.policy_labels`. ``width`` is in pixels, ``row_h`` pixels per bar."""
+    from ..rundir.plots import ScoreRow, eval_chart
+    from .sources import policy_labels
 
     closed = gap_closed(summaries)
     labels = policy_labels(s.contender for s in summaries)
@@ -169,7 +170,7 @@ def write_results(results: Sequence[EpisodeResult], out_dir: Path) -> dict[str, 
     ``results.png`` (:func:`bar_chart`), each written atomically: a reader of an earlier evaluation
     in ``out_dir`` sees the old file or the new one, never a torn one."""
     from ..atomic import atomic_write, atomic_write_json
-    from ..rundir.plots import policy_labels
+    from .sources import policy_labels
 
     out_dir = Path(out_dir)
     summaries = summarize(results)

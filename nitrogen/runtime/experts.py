@@ -36,6 +36,7 @@ RIGHT = GamepadState(frozenset({"DPAD_RIGHT"}))
 FIRE_LEFT = GamepadState(frozenset({"DPAD_LEFT", "SOUTH"}))
 FIRE_RIGHT = GamepadState(frozenset({"DPAD_RIGHT", "SOUTH"}))
 
+
 class NoExpertError(NitrogenError, ValueError, LookupError):
     """There is no scripted expert for this game.
 
@@ -290,7 +291,7 @@ class GopherExpert:
         return GamepadState(frozenset(buttons)) if buttons else NEUTRAL
 
 
-EXPERTS: dict[str, type[Agent]] = {
+EXPERTS: dict[str, type] = {
     "ale:Breakout": BreakoutExpert,
     "ale:Pong": PongExpert,
     "ale:Freeway": FreewayExpert,

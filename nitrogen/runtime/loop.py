@@ -276,7 +276,9 @@ class _Episode:
         stats.frames += 1
         stats.score += float(reward)
         stats.explored += explored
-        step = Step(self.episode, stats.frames - 1, observation, action, executed, float(reward), stats.score, chunk, substep)
+        step = Step(
+            self.episode, stats.frames - 1, observation, action, executed, float(reward), stats.score, chunk, substep
+        )
         for o in self.observers:
             o.on_step(step)
         stats.terminated = bool(terminated or truncated)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,12 @@ class ReplayPolicy:
         self.position = 0
 
     def info(self) -> dict[str, Any]:
-        return {"policy": "replay", "source": self.source, "actions": int(self.actions.shape[0]), "action_horizon": self.horizon}
+        return {
+            "policy": "replay",
+            "source": self.source,
+            "actions": int(self.actions.shape[0]),
+            "action_horizon": self.horizon,
+        }
 
     def close(self) -> None:
         """Nothing to release."""
@@ -197,7 +203,7 @@ def make_policy(
         from ..inference.session import InferenceSession
 
         if kind == "default":
-            from ..default_agent import agent_path
+            from ..model.card import agent_path
 
             value = str(agent_path())
         if not value:
@@ -246,6 +252,41 @@ def has_policy_for(source: str, env_id: str) -> bool:
     return env_id.strip().lower() in {key.lower() for key in EXPERTS}
 
 
+def policy_label(spec: str) -> str:
+    """A readable label for a ``--policy`` spec, for charts.
+
+    ``ckpt:PATH`` shows as the name of the agent card (``agent.json``) beside the checkpoint when
+    there is a valid one, else as ``<folder>/<file>`` (``ckpt:/a/b/runs/x/model.pt`` ->
+    ``x/model.pt``); ``replay:PATH`` as ``replay:<file>``. Everything else (``random``,
+    ``scripted``, ``server:ADDR``) stays as it is.
+    """
+    kind, sep, value = spec.partition(":")
+    if not sep or kind not in ("ckpt", "replay") or not value:
+        return spec
+    path = Path(value)
+    if kind == "replay":
+        return f"replay:{path.name}"
+    from ..model.card import CARD_FILE, AgentCard
+
+    card = path.parent / CARD_FILE
+    if card.is_file():
+        try:
+            return AgentCard.model_validate_json(card.read_text(encoding="utf-8")).name
+        except (OSError, ValueError):  # not a card of ours: fall back to the path
+            pass
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def policy_labels(specs: Iterable[str]) -> dict[str, str]:
+    """``spec -> label`` by :func:`policy_label`; specs whose labels would collide keep their spec."""
+    specs = list(dict.fromkeys(specs))
+    labels = {spec: policy_label(spec) for spec in specs}
+    taken: dict[str, int] = {}
+    for label in labels.values():
+        taken[label] = taken.get(label, 0) + 1
+    return {spec: (label if taken[label] == 1 else spec) for spec, label in labels.items()}
+
+
 __all__ = [
     "AGENT_SOURCES",
     "AgentPolicy",
@@ -254,5 +295,7 @@ __all__ = [
     "ReplayPolicy",
     "has_policy_for",
     "make_policy",
+    "policy_label",
+    "policy_labels",
     "read_actions",
 ]

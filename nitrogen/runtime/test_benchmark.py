@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from nitrogen import InferenceSession
-from nitrogen.runtime.benchmark import evaluate, write_results
 from nitrogen.gamepad import GamepadState
+from nitrogen.runtime.benchmark import evaluate, write_results
 
 
 class FireAndRight:

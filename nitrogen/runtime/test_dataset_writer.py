@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nitrogen.actions import BUTTON_INDEX, VIRTUAL_BUTTONS
 from nitrogen.data import BUTTON_COLUMNS, GameplayDataset, WindowConfig, load_gameplay
 from nitrogen.envs import make_env
-from nitrogen.runtime.experts import BreakoutExpert
 from nitrogen.gamepad import GamepadState
 from nitrogen.runtime.dataset_writer import record
+from nitrogen.runtime.experts import BreakoutExpert
 
 pytest.importorskip("ale_py")
 

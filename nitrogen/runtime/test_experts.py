@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from nitrogen.runtime.agents import Agent
 from nitrogen.envs import AtariEnv, make_env
+from nitrogen.gamepad import GamepadState
+from nitrogen.runtime.agents import Agent, RandomAgent, make_agent
 from nitrogen.runtime.experts import (
     EXPERTS,
     BoxingExpert,
@@ -19,8 +20,6 @@ from nitrogen.runtime.experts import (
     LookaheadExpert,
     PongExpert,
 )
-from nitrogen.runtime.agents import RandomAgent, make_agent
-from nitrogen.gamepad import GamepadState
 
 pytest.importorskip("ale_py")
 

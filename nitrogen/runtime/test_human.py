@@ -12,8 +12,8 @@ import pytest
 
 from nitrogen.data import load_gameplay
 from nitrogen.envs import make_env
-from nitrogen.runtime.human import CONTROLLER_BUTTONS, HumanAgent, controller_state, keyboard_buttons, merge
 from nitrogen.runtime.dataset_writer import record
+from nitrogen.runtime.human import CONTROLLER_BUTTONS, HumanAgent, controller_state, keyboard_buttons, merge
 
 pygame = pytest.importorskip("pygame")
 

@@ -11,11 +11,11 @@ import pytest
 
 from nitrogen import InferenceSession
 from nitrogen.actions import BUTTON_INDEX
-from nitrogen.serving.client import ModelClient
-from nitrogen.inference.engine import PolicyEngine
 from nitrogen.envs import make_env
+from nitrogen.inference.engine import PolicyEngine
 from nitrogen.runtime.loop import PlayConfig, StartupPress, play
 from nitrogen.runtime.sources import DelayedPolicy, ReplayPolicy
+from nitrogen.serving.client import ModelClient
 from nitrogen.serving.server import InferenceServer, ServerConfig
 
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from nitrogen.envs import make_env
+from nitrogen.model.card import ASSET_DIR, CARD_FILE, AgentCard
 from nitrogen.policy import Policy
 from nitrogen.runtime.experts import NoExpertError
 from nitrogen.runtime.loop import PlayConfig, run_episode
-from nitrogen.runtime.sources import AgentPolicy, ReplayPolicy, as_policy, has_policy_for, make_policy, read_actions
+from nitrogen.runtime.sources import (
+    AgentPolicy,
+    ReplayPolicy,
+    as_policy,
+    has_policy_for,
+    make_policy,
+    policy_label,
+    policy_labels,
+    read_actions,
+)
 from nitrogen.serving.client import ModelClient
 from nitrogen.serving.server import InferenceServer, ServerConfig
 
@@ -111,3 +124,32 @@ def test_replay_names_a_bad_line(tmp_path):
     path.write_text('{"state": {"buttons": ["SOUTH"], "left_stick": [0.25, -1.0]}}\n')
     [vector] = read_actions(path)
     assert vector[18] == 1.0 and np.allclose(vector[21:23], [0.625, 0.0])
+
+
+def test_policy_labels_are_readable(tmp_path: Path) -> None:
+    assert policy_label("ckpt:/a/b/runs/x/model.pt") == "x/model.pt"
+    assert policy_label("ckpt:model.pt") == "model.pt"
+    assert policy_label("replay:/data/run-3/actions.jsonl") == "replay:actions.jsonl"
+    for spec in ("random", "scripted", "server:tcp://127.0.0.1:5555"):
+        assert policy_label(spec) == spec
+    # A checkpoint with an agent card beside it shows the card's name.
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    shutil.copy(ASSET_DIR / CARD_FILE, agent / CARD_FILE)
+    name = AgentCard.model_validate_json((ASSET_DIR / CARD_FILE).read_text()).name
+    assert policy_label(f"ckpt:{agent / 'model.pt'}") == name == "nitrogen-default-agent"
+    # A file of that name that is not a card: the path label.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CARD_FILE).write_text('{"not": "a card"}')
+    assert policy_label(f"ckpt:{other / 'best.pt'}") == "other/best.pt"
+
+
+def test_policy_labels_keep_the_spec_where_labels_would_collide() -> None:
+    specs = ["ckpt:/a/runs/x/model.pt", "ckpt:/b/runs/x/model.pt", "ckpt:/c/y/model.pt", "random", "random"]
+    assert policy_labels(specs) == {
+        "ckpt:/a/runs/x/model.pt": "ckpt:/a/runs/x/model.pt",
+        "ckpt:/b/runs/x/model.pt": "ckpt:/b/runs/x/model.pt",
+        "ckpt:/c/y/model.pt": "y/model.pt",
+        "random": "random",
+    }

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nitrogen import InferenceSession
+from nitrogen.inference.engine import PolicyEngine
 from nitrogen.serving import protocol
 from nitrogen.serving.client import ModelClient, ServerError
-from nitrogen.inference.engine import PolicyEngine
 from nitrogen.serving.server import InferenceServer, ServerConfig
 
 

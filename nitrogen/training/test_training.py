@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Subset
 
-from nitrogen.model.checkpoint import load_model, read_checkpoint
 from nitrogen.inference.session import InferenceSession
+from nitrogen.model.checkpoint import load_model, read_checkpoint
 from nitrogen.training.config import FinetuneConfig, load_config
 from nitrogen.training.evaluation import evaluate, spread_indices
 from nitrogen.training.lora import merge_lora, prepare_model

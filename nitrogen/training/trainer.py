@@ -29,12 +29,12 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_path, atomic_write, atomic_write_json
 from ..model.checkpoint import RawCheckpoint, save_checkpoint
 from ..model.modeling import NitroGenModel
+from ..rundir.plots import plot_curves
 from . import state as ckpt
 from .config import FinetuneConfig
 from .evaluation import evaluate
 from .lora import has_lora, is_lora_param, merge_lora, prepare_model, trainable_state_dict
 from .order import DataPosition, ResumableBatchSampler, sample_noise_and_time
-from ..rundir.plots import plot_curves
 
 __all__ = ["METRIC_COLUMNS", "Trainer", "evaluate", "lr_lambda"]
 
