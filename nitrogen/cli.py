@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,33 +21,10 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-COMPONENTS = {
-    "vision_encoder": "vision tower (SigLIP)",
-    "vl_self_attention_model": "VL mixer",
-    "model": "DiT",
-    "action_encoder": "action encoder",
-    "action_decoder": "action decoder",
-    "position_embedding": "action position embedding",
-    "game_embedding": "game embedding",
-}
-
 
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=1)
-
-
-def parameter_counts(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """Parameters per top-level component, from the state-dict shapes (no model is built)."""
-    counts: dict[str, int] = defaultdict(int)
-    for key, shape in shapes.items():
-        if key.endswith(".pe") or key.endswith("position_ids"):
-            continue  # fixed sinusoidal tables are buffers, not parameters
-        n = 1
-        for d in shape:
-            n *= d
-        counts[key.split(".", 1)[0]] += n
-    return dict(counts)
 
 
 @app.command()
@@ -58,7 +34,7 @@ def info(
 ) -> None:
     """Show a checkpoint's config, parameter counts, game mapping and action layout."""
     from .actions import layout_description
-    from .model.checkpoint import read_checkpoint, vision_spec_for
+    from .model.checkpoint import COMPONENTS, parameter_counts, read_checkpoint, vision_spec_for
 
     try:
         raw = read_checkpoint(checkpoint)

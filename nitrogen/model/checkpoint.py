@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import zipfile
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,3 +261,28 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str])
     meta_model = build_model(raw.config, vision, len(raw.game_mapping) if raw.game_mapping else None, device="meta")
     _check_state_dict(meta_model, raw.state_dict, str(src))
     return save_checkpoint(dst, raw.state_dict, raw.config, raw.game_mapping)
+
+
+COMPONENTS: dict[str, str] = {
+    "vision_encoder": "vision tower (SigLIP)",
+    "vl_self_attention_model": "VL mixer",
+    "model": "DiT",
+    "action_encoder": "action encoder",
+    "action_decoder": "action decoder",
+    "position_embedding": "action position embedding",
+    "game_embedding": "game embedding",
+}
+"""Top-level state-dict prefixes and what they are, for ``nitrogen info``."""
+
+
+def parameter_counts(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Parameters per top-level component, from the state-dict shapes (no model is built)."""
+    counts: dict[str, int] = defaultdict(int)
+    for key, shape in shapes.items():
+        if key.endswith(".pe") or key.endswith("position_ids"):
+            continue  # fixed sinusoidal tables are buffers, not parameters
+        n = 1
+        for d in shape:
+            n *= d
+        counts[key.split(".", 1)[0]] += n
+    return dict(counts)
