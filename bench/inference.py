@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ import torch
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 from torch import Tensor
 
+from nitrogen.atomic import atomic_write_json
 from nitrogen.inference.cpu_kernels import pack_linears, packing_available, unpack_linears
 from nitrogen.model.checkpoint import build_model, load_model
 from nitrogen.model.configuration import CheckpointConfig
@@ -508,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        atomic_write_json(args.json, payload)
         print(f"\nwrote {args.json}")
     return 0
 

@@ -18,7 +18,6 @@ the pad is held neutral), and the policy's latency.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nitrogen.actions import BUTTON_INDEX
+from nitrogen.atomic import atomic_write_json
 from nitrogen.envs import make_env
 from nitrogen.runtime.loop import PlayConfig, play
 from nitrogen.runtime.sources import DelayedPolicy, ReplayPolicy
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{sync['real_fps'] / fps:.0%} (the game waits {args.delay_ms:g} ms per 18 frames)."
     )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, default=str))
+        atomic_write_json(args.json, rows, default=str)
     return 0
 
 

@@ -52,7 +52,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import threading
@@ -66,6 +65,7 @@ import numpy as np
 import torch
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
+from nitrogen.atomic import atomic_write_json
 from nitrogen.inference.engine import PolicyEngine
 from nitrogen.model.checkpoint import RawCheckpoint, build_model
 from nitrogen.model.configuration import CheckpointConfig
@@ -523,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batching": [{**asdict(v), "met": v.met} for v in verdicts],
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        atomic_write_json(args.json, payload)
         print(f"\nwrote {args.json}")
     return 0
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
+from nitrogen.atomic import atomic_write_json
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO.parent / "shared" / "golden" / "released_layout.pt"
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['samples_per_s']:.2f} | {r['peak_rss_gb']:.2f} |"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        atomic_write_json(args.json, rows)
     return 0
 
 

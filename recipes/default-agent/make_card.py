@@ -15,7 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from nitrogen.default_agent import CARD_FILE, MODEL_FILE, AgentCard, PlaySettings, file_sha256
+from nitrogen.atomic import atomic_write
+from nitrogen.model.card import CARD_FILE, MODEL_FILE, AgentCard, PlaySettings, file_sha256
 
 BAR = 0.4
 
@@ -100,7 +101,7 @@ def main() -> int:
     )
     args.install.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model, args.install / MODEL_FILE)
-    (args.install / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+    atomic_write(args.install / CARD_FILE, card.model_dump_json(indent=2) + "\n")
     print(f"installed {args.install / MODEL_FILE} ({model.stat().st_size / 1e6:.1f} MB) and {CARD_FILE}")
     return 0 if passed else 1
 
