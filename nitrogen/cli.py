@@ -22,6 +22,11 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ("sync", "async"):
+        _fail(ValueError(f"--mode must be sync or async, got {mode!r}"))
+
+
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=1)
@@ -487,9 +492,11 @@ def record_command(
     actions_per_chunk: Annotated[
         int | None, typer.Option(help="A model policy plays the first N actions of each chunk.", min=1)
     ] = None,
+    mode: Annotated[str, typer.Option(help="sync (the game waits for the policy) or async (it never waits).")] = "sync",
     device: Annotated[str | None, typer.Option(help="For ckpt: policies.")] = None,
 ) -> None:
     """Record gameplay as a Hugging Face dataset in the fine-tuning schema."""
+    _check_mode(mode)
     from .envs import make_env
     from .runtime.dataset_writer import record
     from .runtime.sources import make_policy
@@ -514,8 +521,9 @@ def record_command(
             shard_frames=shard_frames,
             explore=explore,
             actions_per_chunk=actions_per_chunk,
+            mode=mode,
         )
-    except FileExistsError as exc:
+    except (FileExistsError, ValueError) as exc:
         _fail(exc)
     finally:
         game_env.close()
@@ -541,8 +549,12 @@ def eval_command(
     actions_per_chunk: Annotated[
         int | None, typer.Option(help="Play the first N actions of each chunk, then switch to the next.", min=1)
     ] = None,
+    mode: Annotated[
+        str, typer.Option(help="sync (scores the policy alone) or async (the game keeps its clock while it thinks).")
+    ] = "sync",
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
+    _check_mode(mode)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .runtime.benchmark import EpisodeResult, evaluate, markdown_table, summarize, write_results
@@ -587,6 +599,7 @@ def eval_command(
                 max_frames=max_frames,
                 actions_per_chunk=actions_per_chunk,
                 on_episode=on_episode,
+                mode=mode,
             )
     finally:
         for model in models.values():

@@ -140,3 +140,20 @@ def test_eval_on_a_game_without_an_expert_skips_that_baseline(tmp_path):
     assert result.exit_code == 0, result.output
     table = (out / "results.md").read_text()
     assert "| ale:Tennis | random | 1 |" in table and "scripted" not in table
+
+
+def test_record_and_eval_run_the_loop_in_either_mode(tmp_path):
+    out = tmp_path / "rec"
+    args = ["record", "--env", "ale:Breakout", "--policy", "random", "--max-frames", "30", "--mode", "async"]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "info.json").read_text())["frames"] == 30
+    result = runner.invoke(
+        app, ["eval", "--env", "ale:Breakout", "--policy", "random", "--no-baselines", "--mode", "bogus"]
+    )
+    assert result.exit_code == 1 and "--mode must be sync or async" in result.output
+    args = ["eval", "--env", "ale:Breakout", "--policy", "random", "--no-baselines", "--episodes", "1"]
+    result = runner.invoke(app, [*args, "--max-frames", "20", "--mode", "async", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert [e["length"] for e in doc["episodes"]] == [20]

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,10 +48,15 @@ class Summary:
 
 
 def run_one(
-    env: Any, policy: Policy, seed: int, max_frames: int, actions_per_chunk: int | None = None
+    env: Any,
+    policy: Policy,
+    seed: int,
+    max_frames: int,
+    actions_per_chunk: int | None = None,
+    mode: Literal["sync", "async"] = "sync",
 ) -> tuple[float, int, float]:
-    """One episode through the episode loop in sync mode: (score, length, median prediction ms)."""
-    config = PlayConfig(mode="sync", max_frames=max_frames, video=False, actions_per_chunk=actions_per_chunk)
+    """One episode through the episode loop (sync by default): (score, length, median prediction ms)."""
+    config = PlayConfig(mode=mode, max_frames=max_frames, video=False, actions_per_chunk=actions_per_chunk)
     stats = run_episode(env, policy, config, seed=seed)
     latency = float(np.median(stats.latencies_ms)) if stats.latencies_ms else 0.0
     return stats.score, stats.frames, latency
@@ -66,6 +71,7 @@ def evaluate(
     make_env: Callable[[str], Any] | None = None,
     actions_per_chunk: int | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    mode: Literal["sync", "async"] = "sync",
 ) -> list[EpisodeResult]:
     """Play every contender on every game and seed, each episode through the one episode loop.
 
@@ -75,6 +81,8 @@ def evaluate(
     :class:`~nitrogen.runtime.experts.NoExpertError`) when it has nothing for a game, and that pair is
     skipped. ``actions_per_chunk`` is the policies' receding horizon (see
     :class:`~nitrogen.runtime.loop.PlayConfig`). ``on_episode`` is called after every episode (progress).
+    ``mode="async"`` plays on the game's clock while the policy thinks, so a slow policy scores what
+    it would score live; the default, sync, scores the policy alone.
     """
     if make_env is None:
         from ..envs import make_env
@@ -88,7 +96,7 @@ def evaluate(
                 except LookupError:
                     continue
                 for seed in seeds:
-                    score, length, latency = run_one(env, policy, seed, max_frames, actions_per_chunk)
+                    score, length, latency = run_one(env, policy, seed, max_frames, actions_per_chunk, mode)
                     results.append(EpisodeResult(env_id, name, seed, score, length, latency))
                     if on_episode is not None:
                         on_episode(results[-1])

@@ -14,9 +14,9 @@ Each row is one frame: ``image`` (PNG, HF ``datasets.Image``), the 17 boolean bu
 :data:`nitrogen.data.BUTTON_COLUMNS`, ``j_left`` / ``j_right`` (``[x, y]``, +y down), ``episode_id``,
 ``frame`` (index inside the episode), ``reward`` (received for this frame's action), ``score``
 (running episode score after it) and ``game``. The image of a row is the frame its action was
-played on. Play goes through the one episode loop (:func:`nitrogen.runtime.loop.run_episode`), in
-sync mode, so a model policy's chunks are timed exactly as in ``nitrogen play`` (its action shift
-and ``actions_per_chunk``); :class:`DatasetWriter` is the loop observer that writes the rows.
+played on. Play goes through the one episode loop (:func:`nitrogen.runtime.loop.run_episode`), so a
+model policy's chunks are timed exactly as in ``nitrogen play`` (its action shift and
+``actions_per_chunk``, sync mode unless asked); :class:`DatasetWriter` is the loop observer that writes the rows.
 Shards are written atomically (:mod:`nitrogen.atomic`), so a crash loses at most the shard being
 filled; ``info.json`` is rewritten after every shard (``"complete": false``) and at the end
 (``"complete": true``).
@@ -33,7 +33,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -202,6 +202,7 @@ def record(
     explore_frames: tuple[int, int] = (4, 16),
     actions_per_chunk: int | None = None,
     allow_menu: bool | None = None,
+    mode: Literal["sync", "async"] = "sync",
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes of ``env`` with ``policy`` and write them under ``out_dir``.
 
@@ -210,7 +211,8 @@ def record(
     by the one adapter. Episode ``i`` is reset with seed ``seed + i`` (env and agent); it ends when
     the env terminates or truncates, or after ``max_frames`` frames. Rows go to
     ``out_dir/data/shard-NNNNN.parquet``, ``shard_frames`` rows per shard (the last may be shorter).
-    ``game`` (default ``env.spec_id``) fills the ``game`` column. Menu buttons of a model policy are
+    ``game`` (default ``env.spec_id``) fills the ``game`` column. ``mode`` is the loop's (sync: the
+    game waits for the policy; async: it plays on its clock). Menu buttons of a model policy are
     masked as in ``nitrogen play`` unless ``allow_menu``; an agent's (a person's) are kept.
 
     ``explore`` is the chance, per frame, that a burst of random actions (a random D-pad direction
@@ -244,7 +246,7 @@ def record(
     policy = as_policy(policy, env)
     spec = policy.spec
     config = PlayConfig(
-        mode="sync",
+        mode=mode,
         max_frames=max_frames,
         allow_menu=spec.kind != "model" if allow_menu is None else allow_menu,
         actions_per_chunk=actions_per_chunk,
