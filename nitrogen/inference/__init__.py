@@ -1,1 +1,2 @@
-"""inference"""
+"""Inference: frame preprocessing sized by the checkpoint's tower, the batched engine, per-history
+state, and the in-process InferenceSession."""
