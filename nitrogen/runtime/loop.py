@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..gamepad import MENU_BUTTONS, NEUTRAL, GamepadState, states_from_chunk
+from ..inference.preprocessing import resize_frame
 from ..policy import ActionChunk, Policy, PolicySpec
 
 log = logging.getLogger("nitrogen.play")
@@ -149,7 +150,6 @@ class Step:
     score: float
     chunk: int
     substep: int
-    stale: bool = False
 
 
 class Observer:
@@ -166,11 +166,7 @@ class Observer:
 
 def prepare_frame(frame: np.ndarray, spec: PolicySpec) -> np.ndarray:
     """The frame a policy is given: squashed to its ``image_size`` by the one resize, or as is."""
-    if spec.image_size is None:
-        return frame
-    from ..inference.preprocessing import resize_frame
-
-    return resize_frame(frame, spec.image_size)
+    return frame if spec.image_size is None else resize_frame(frame, spec.image_size)
 
 
 def mask_menu(state: GamepadState, allow_menu: bool) -> GamepadState:
@@ -519,7 +515,7 @@ class RunFolderObserver(Observer):
         self.recorder.add_latency(latency_ms)
 
     def on_step(self, step: Step) -> None:
-        self.recorder.record(step.observation, step.action, step=step.chunk, substep=step.substep, stale=step.stale)
+        self.recorder.record(step.observation, step.action, step=step.chunk, substep=step.substep)
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Close the run folder with the episode's summary; returns what ``episode.json`` holds."""
