@@ -557,7 +557,7 @@ def eval_command(
     _check_mode(mode)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .runtime.benchmark import EpisodeResult, evaluate, markdown_table, summarize, write_results
+    from .runtime.benchmark import EpisodeResult, markdown_table, run_benchmark, summarize, write_results
     from .runtime.sources import AGENT_SOURCES, has_policy_for, make_policy
 
     try:
@@ -592,7 +592,7 @@ def eval_command(
                 bar.console.print(f"{r.env} {r.contender} seed {r.seed}: score {r.score:g} in {r.length} frames")
                 bar.advance(task)
 
-            results = evaluate(
+            results = run_benchmark(
                 env_ids,
                 {spec: factory(spec) for spec in specs},
                 seed_list,

@@ -10,7 +10,7 @@ from nitrogen.data.dataset import (
 )
 from nitrogen.data.schema import (
     BUTTON_COLUMNS,
-    PRESETS,
+    MAPPING_PRESETS,
     ActionMapper,
     CorruptRowError,
     MappingConfig,
@@ -22,7 +22,7 @@ from nitrogen.data.throughput import measure_throughput
 
 __all__ = [
     "BUTTON_COLUMNS",
-    "PRESETS",
+    "MAPPING_PRESETS",
     "ActionMapper",
     "CorruptRowError",
     "GameplayDataset",

@@ -10,7 +10,7 @@ A fine-tuning row has:
 * optionally ``episode_id`` and ``frame`` (the frame number inside its episode).
 
 :class:`MappingConfig` says which column feeds each layout button, so datasets of consoles with
-fewer buttons (NES, SNES, Genesis, Atari, see :data:`PRESETS`) or other column names load without
+fewer buttons (NES, SNES, Genesis, Atari, see :data:`MAPPING_PRESETS`) or other column names load without
 code changes. The four virtual buttons ``RIGHT_UP/RIGHT_BOTTOM/RIGHT_LEFT/RIGHT_RIGHT`` are not
 columns: they are derived from ``j_right`` with ``virtual_threshold``.
 
@@ -109,7 +109,7 @@ class MappingConfig(BaseModel):
 
 _DPAD = {"DPAD_UP": "up", "DPAD_DOWN": "down", "DPAD_LEFT": "left", "DPAD_RIGHT": "right"}
 
-PRESETS: dict[str, MappingConfig] = {
+MAPPING_PRESETS: dict[str, MappingConfig] = {
     "xbox": MappingConfig(),
     "nes": MappingConfig(
         buttons={"SOUTH": "a", "EAST": "b", "BACK": "select", "START": "start", **_DPAD},
@@ -162,9 +162,9 @@ def load_mapping(path: str | Path) -> MappingConfig:
         raise TypeError(f"{path}: a mapping file must hold an object, got {type(data).__name__}")
     preset = data.pop("preset", None)
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"{path}: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-        base = PRESETS[preset].model_dump()
+        if preset not in MAPPING_PRESETS:
+            raise ValueError(f"{path}: unknown preset {preset!r}; expected one of {sorted(MAPPING_PRESETS)}")
+        base = MAPPING_PRESETS[preset].model_dump()
         base.update(data)
         data = base
     return MappingConfig.model_validate(data)

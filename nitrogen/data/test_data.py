@@ -16,7 +16,7 @@ from PIL import Image
 from nitrogen.actions import ACTION_DIM, BUTTON_INDEX, NUM_BUTTONS
 from nitrogen.data import (
     BUTTON_COLUMNS,
-    PRESETS,
+    MAPPING_PRESETS,
     ActionMapper,
     CorruptRowError,
     GameplayDataset,
@@ -196,7 +196,7 @@ def test_nes_preset_loads_without_code_changes(atari_frames, tmp_path: Path):
             want[BUTTON_INDEX[name]] = cols[col][row]
         want[NUM_BUTTONS:] = 0.5
         np.testing.assert_array_equal(item["actions"][k].numpy(), want)
-    assert PRESETS["atari"].buttons["SOUTH"] == "fire"
+    assert MAPPING_PRESETS["atari"].buttons["SOUTH"] == "fire"
 
 
 def test_missing_columns_are_reported_once(clean, caplog):

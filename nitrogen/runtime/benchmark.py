@@ -62,7 +62,7 @@ def run_one(
     return stats.score, stats.frames, latency
 
 
-def evaluate(
+def run_benchmark(
     env_ids: Sequence[str],
     contenders: dict[str, Callable[[Any], Any]],
     seeds: Sequence[int],

@@ -41,7 +41,7 @@ class NoExpertError(NitrogenError, ValueError, LookupError):
     """There is no scripted expert for this game.
 
     A ``LookupError`` as well, so the evaluation harness skips the expert baseline on such a game
-    (see :func:`nitrogen.runtime.benchmark.evaluate`) instead of failing the whole run.
+    (see :func:`nitrogen.runtime.benchmark.run_benchmark`) instead of failing the whole run.
     """
 
 

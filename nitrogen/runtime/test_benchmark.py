@@ -6,7 +6,7 @@ import pytest
 
 from nitrogen import InferenceSession
 from nitrogen.gamepad import GamepadState
-from nitrogen.runtime.benchmark import evaluate, write_results
+from nitrogen.runtime.benchmark import run_benchmark, write_results
 
 
 class FireAndRight:
@@ -29,10 +29,10 @@ def test_eval_table_for_a_tiny_checkpoint_and_an_agent(tiny_ckpt, tmp_path):
         "fire-right": lambda env: FireAndRight(),
         "expert": lambda env: (_ for _ in ()).throw(KeyError(env.spec_id)),  # nothing for this game
     }
-    results = evaluate(["ale:Breakout"], contenders, seeds=[0, 1], max_frames=90)
+    results = run_benchmark(["ale:Breakout"], contenders, seeds=[0, 1], max_frames=90)
     assert sorted({r.contender for r in results}) == ["fire-right", "tiny"]
     assert all(0 < r.length <= 90 for r in results) and len(results) == 4
-    again = evaluate(["ale:Breakout"], {"fire-right": contenders["fire-right"]}, seeds=[0, 1], max_frames=90)
+    again = run_benchmark(["ale:Breakout"], {"fire-right": contenders["fire-right"]}, seeds=[0, 1], max_frames=90)
     assert [r.score for r in again] == [r.score for r in results if r.contender == "fire-right"]
     paths = write_results(results, tmp_path / "eval")
     doc = json.loads(paths["json"].read_text())
@@ -71,7 +71,7 @@ def test_a_game_without_a_scripted_expert_is_evaluated_without_that_baseline():
     contenders = {name: (lambda env, n=name: make_agent(n, env.spec_id, 0)) for name in ("random", "scripted")}
     with pytest.raises(NoExpertError):
         make_agent("scripted", "ale:Tennis", 0)
-    results = evaluate(["ale:Tennis", "ale:Pong"], contenders, seeds=[0], max_frames=30)
+    results = run_benchmark(["ale:Tennis", "ale:Pong"], contenders, seeds=[0], max_frames=30)
     assert [(r.env, r.contender) for r in results] == [
         ("ale:Tennis", "random"),
         ("ale:Pong", "random"),

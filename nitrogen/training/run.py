@@ -17,7 +17,15 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from ..data import PRESETS, GameplayDataset, MappingConfig, WindowConfig, load_gameplays, load_mapping, split_by_episode
+from ..data import (
+    MAPPING_PRESETS,
+    GameplayDataset,
+    MappingConfig,
+    WindowConfig,
+    load_gameplays,
+    load_mapping,
+    split_by_episode,
+)
 from ..model.checkpoint import RawCheckpoint, model_from_checkpoint, read_checkpoint
 from ..model.presets import INIT_PREFIX, init_checkpoint
 from .config import FinetuneConfig, load_config, with_overrides
@@ -111,11 +119,11 @@ def prepare_finetune(
 
 def _column_mapping(mapping: str | MappingConfig | None, deadzone: float | None) -> MappingConfig | None:
     """A preset name, a mapping file or a :class:`MappingConfig`, with ``deadzone`` applied."""
-    columns = PRESETS.get(mapping, None) if isinstance(mapping, str) else mapping
+    columns = MAPPING_PRESETS.get(mapping, None) if isinstance(mapping, str) else mapping
     if isinstance(mapping, str) and columns is None:
         columns = load_mapping(mapping)
     if deadzone is not None:
-        columns = (columns or PRESETS["xbox"]).model_copy(update={"deadzone": deadzone})
+        columns = (columns or MAPPING_PRESETS["xbox"]).model_copy(update={"deadzone": deadzone})
     return columns
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nitrogen.data import BUTTON_COLUMNS, PRESETS
+from nitrogen.data import BUTTON_COLUMNS, MAPPING_PRESETS
 from nitrogen.model.checkpoint import read_checkpoint
 from nitrogen.training.config import FinetuneConfig
 from nitrogen.training.run import PreparedFinetune, prepare_finetune
@@ -58,7 +58,7 @@ def test_prepare_finetune_cuts_windows_to_the_checkpoint(parquet: Path, tiny_ckp
     assert (prep.window.image_size, prep.window.context_length) == (224, 2)
     assert prep.window.action_horizon == raw.config.model_cfg.action_horizon
     assert prep.window.action_shift == raw.config.modality_cfg.action_shift
-    assert prep.dataset.mapper.config == PRESETS["xbox"].model_copy(update={"deadzone": 0.2})
+    assert prep.dataset.mapper.config == MAPPING_PRESETS["xbox"].model_copy(update={"deadzone": 0.2})
     item = prep.train[0]
     assert item["pixels"].shape == (2, 3, 224, 224) and "game_ids" not in item  # no game conditioning
     train_eps = {int(prep.dataset.window_episode[i]) for i in prep.train_indices}
