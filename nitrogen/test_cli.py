@@ -99,6 +99,25 @@ def test_play_command_records_a_run(tiny_ckpt, tmp_path):
     assert "episode 0: score" in result.output
 
 
+def test_play_replay_of_a_run_sends_the_recorded_pad_states(tiny_ckpt, tmp_path):
+    """`nitrogen play --replay RUN/actions.jsonl`, as the README describes, on a run of a model
+    (action shift 1, sync); the replay's states equal the recording's, frame by frame."""
+    args = ["play", "--env", "ale:Breakout", "--mode", "sync", "--max-frames", "50", "--seed", "0", "--no-video"]
+    result = runner.invoke(app, [*args, "--ckpt", str(tiny_ckpt), "--steps", "2", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    [first] = list((tmp_path / "a").iterdir())
+    replay = first / "actions.jsonl"
+    again = ["play", "--env", "ale:Breakout", "--max-frames", "50", "--no-video", "--replay", str(replay)]
+    result = runner.invoke(app, [*again, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    [second] = list((tmp_path / "b").iterdir())
+    states = [
+        [json.loads(line)["state"] for line in (d / "actions.jsonl").read_text().splitlines()] for d in (first, second)
+    ]
+    assert len(states[0]) == 50 and states[1] == states[0]
+    assert json.loads((second / "episode.json").read_text())["mode"] == "sync"  # a replay defaults to sync
+
+
 def test_play_command_needs_one_game_and_one_policy(tiny_ckpt):
     result = runner.invoke(app, ["play", "--ckpt", str(tiny_ckpt)])
     assert result.exit_code == 1 and "exactly one of --env" in result.output
