@@ -30,11 +30,12 @@ black in source pixels, and the frame is squashed to ``S x S`` (the vision tower
 (:func:`nitrogen.inference.preprocessing.resize_frame`), then normalised by
 :func:`nitrogen.inference.preprocessing.to_pixels`.
 
-Corrupt rows: an image cell the reader refuses (undecodable, over budget, path-only), or a bad action cell (wrong-length / non-numeric / out-of-range
-stick, non-boolean button), raises :class:`CorruptRowError` naming the dataset row. Action cells are
-all checked when the dataset is built; images when a window using them is read. With
-``skip_bad=True`` the error is logged as a warning (once per row), recorded in ``bad_rows``
-(row -> error), and item ``i`` is replaced by the first window ``i+1, i+2, ...`` (wrapping around)
+Corrupt rows: an image cell the reader refuses (undecodable, over the pixel budget, path-only), or
+a bad action cell (wrong-length / non-numeric / out-of-range stick, non-boolean button), raises
+:class:`CorruptRowError` naming the dataset row, in one line. Action cells are all checked when the
+dataset is built; images when a window using them is read (all of them up front with
+``cache_dir``). With ``skip_bad=True`` the error is logged as a warning (once per row), recorded
+in ``bad_rows`` (row -> error), and item ``i`` is replaced by the first window ``i+1, i+2, ...`` (wrapping around)
 that is fully valid: all its valid context frames decode and all its action rows are clean. The
 item's ``index`` then names the substitute's anchor row, so a substitution is visible, never a
 silent zero. ``bad_rows`` is per process: with DataLoader workers each worker keeps its own.
@@ -386,7 +387,8 @@ class GameplayDataset(torch.utils.data.Dataset):
                 raise CorruptRowError(row, self.mapper.config.image, "undecodable image (recorded in the cache)")
             return np.asarray(self._cache[row])
         if self._bad_image[row] and row in self.bad_rows:  # refused once in this process: not read again
-            raise self.bad_rows[row]
+            err = self.bad_rows[row]
+            raise CorruptRowError(row, err.column, err.reason)
         value = self._images[int(row)][self.mapper.config.image]
         return self.prepare_frame(self.decode_image(value, int(row)))
 
