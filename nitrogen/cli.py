@@ -435,6 +435,13 @@ def finetune(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Keep decoded frames (at the tower's input size) here for later runs.")
     ] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read image cells that hold only a relative path from this folder, never outside it. "
+            "Without it training reads image bytes only, and a path-only cell is a corrupt row."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.")] = False,
 ) -> None:
     """Fine-tune a checkpoint on a gameplay dataset, with LoRA or fully (also under `accelerate launch`)."""
@@ -456,6 +463,7 @@ def finetune(
             eval_fraction=eval_fraction,
             skip_bad=skip_bad,
             cache_dir=cache_dir,
+            image_root=image_root,
         )
     except (NitrogenError, CorruptRowError, ValidationError, ValueError, OSError, KeyError) as exc:
         _fail(exc)
@@ -464,7 +472,18 @@ def finetune(
         f"{len(prep.dataset)} windows ({len(prep.train_indices)} train, {len(prep.eval_indices)} eval) "
         f"from {', '.join(data)}; {cfg.mode} fine-tuning of {ckpt} for {cfg.max_steps} steps -> {out}"
     )
-    summary = run_finetune(cfg, prep.checkpoint, prep.train, prep.eval, out, resume=resume)
+    try:  # images are read as training goes: a corrupt one stops it with the same one-line error
+        summary = run_finetune(cfg, prep.checkpoint, prep.train, prep.eval, out, resume=resume)
+    except CorruptRowError as exc:
+        _fail(exc)
+    except RuntimeError as exc:
+        # A DataLoader worker's CorruptRowError comes back as a RuntimeError carrying the worker's
+        # traceback, whose last line is "...CorruptRowError: corrupt row N, column ...".
+        last = str(exc).strip().rsplit("\n", 1)[-1]
+        marker = f"{CorruptRowError.__name__}: "
+        if marker not in last:
+            raise
+        _fail(ValueError(last.split(marker, 1)[1]))
     console.print(f"done at step {summary.get('step')}: {summary.get('paths')}")
 
 

@@ -1,4 +1,4 @@
-"""Fine-tuning data: the gameplay schema, windowed torch datasets and a throughput probe."""
+"""Fine-tuning data: the gameplay schema, the safe image reader, windowed torch datasets and a throughput probe."""
 
 from nitrogen.data.dataset import (
     GameplayDataset,
@@ -8,6 +8,7 @@ from nitrogen.data.dataset import (
     load_gameplays,
     split_by_episode,
 )
+from nitrogen.data.images import IMAGE_FORMATS, MAX_IMAGE_PIXELS, ImageReader
 from nitrogen.data.schema import (
     BUTTON_COLUMNS,
     MAPPING_PRESETS,
@@ -22,10 +23,13 @@ from nitrogen.data.throughput import measure_throughput
 
 __all__ = [
     "BUTTON_COLUMNS",
+    "IMAGE_FORMATS",
     "MAPPING_PRESETS",
+    "MAX_IMAGE_PIXELS",
     "ActionMapper",
     "CorruptRowError",
     "GameplayDataset",
+    "ImageReader",
     "MappingConfig",
     "WindowConfig",
     "collate",

@@ -20,17 +20,22 @@ the id of its window's game, so fine-tuning trains the game embedding. A game th
 gets the unconditional id 0 (the mapping's ``""``), and a dataset without a ``game`` column gets 0
 everywhere; either is logged once, as a warning naming what was missing.
 
-Frames are decoded (PNG bytes / PIL / path -> RGB uint8), the optional ``mask_rect`` is painted
+Frames are decoded from the image cells' bytes by :class:`~nitrogen.data.images.ImageReader`
+(the image column is read with ``datasets``' own decoding off, so the library never opens a path):
+a cell with only a path is a corrupt row unless ``image_root`` names the folder its relative path
+must resolve inside, and an image over the pixel budget (``max_image_pixels``, checked on its
+header) is a corrupt row before a pixel is decoded. The optional ``mask_rect`` is then painted
 black in source pixels, and the frame is squashed to ``S x S`` (the vision tower's input side, see
 :meth:`WindowConfig.from_checkpoint`) with ``INTER_AREA`` exactly as at play time
 (:func:`nitrogen.inference.preprocessing.resize_frame`), then normalised by
 :func:`nitrogen.inference.preprocessing.to_pixels`.
 
-Corrupt rows: an undecodable image, or a bad action cell (wrong-length / non-numeric / out-of-range
-stick, non-boolean button), raises :class:`CorruptRowError` naming the dataset row. Action cells are
-all checked when the dataset is built; images when a window using them is read. With
-``skip_bad=True`` the error is logged as a warning (once per row), recorded in ``bad_rows``
-(row -> error), and item ``i`` is replaced by the first window ``i+1, i+2, ...`` (wrapping around)
+Corrupt rows: an image cell the reader refuses (undecodable, over the pixel budget, path-only), or
+a bad action cell (wrong-length / non-numeric / out-of-range stick, non-boolean button), raises
+:class:`CorruptRowError` naming the dataset row, in one line. Action cells are all checked when the
+dataset is built; images when a window using them is read (all of them up front with
+``cache_dir``). With ``skip_bad=True`` the error is logged as a warning (once per row), recorded
+in ``bad_rows`` (row -> error), and item ``i`` is replaced by the first window ``i+1, i+2, ...`` (wrapping around)
 that is fully valid: all its valid context frames decode and all its action rows are clean. The
 item's ``index`` then names the substitute's anchor row, so a substitution is visible, never a
 silent zero. ``bad_rows`` is per process: with DataLoader workers each worker keeps its own.
@@ -39,7 +44,6 @@ silent zero. ``bad_rows`` is per process: with DataLoader workers each worker ke
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -53,6 +57,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nitrogen.atomic import atomic_path, atomic_write_json
+from nitrogen.data.images import MAX_IMAGE_PIXELS, ImageReader
 from nitrogen.data.schema import ActionMapper, CorruptRowError, MappingConfig
 from nitrogen.inference.preprocessing import resize_frame, to_pixels
 from nitrogen.model.checkpoint import RawCheckpoint, vision_spec_for
@@ -61,7 +66,9 @@ from nitrogen.model.vision import lookup_spec
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Version 2: frames decoded from bytes only, within the pixel budget (version 1 caches may hold
+frames read from a cell's path, and are rebuilt)."""
 GAME_COLUMN = "game"
 """Optional column naming each row's game (``nitrogen record`` writes it)."""
 UNCONDITIONAL_GAME = ""
@@ -183,30 +190,6 @@ def load_gameplays(sources: Sequence[Any], split: str | None = None, *, cache_di
     return datasets.concatenate_datasets(parts)
 
 
-def _decode_value(value: Any) -> np.ndarray:
-    """An HF image cell (``{"bytes", "path"}`` dict, raw bytes, PIL image or array) -> RGB uint8."""
-    from PIL import Image
-
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-        if data is not None:
-            value = data
-        elif path:
-            with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"))
-        else:
-            raise ValueError("image cell has neither bytes nor path")
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        with Image.open(io.BytesIO(bytes(value))) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    if isinstance(value, Image.Image):
-        return np.asarray(value.convert("RGB"))
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] == 3:
-        return value
-    raise ValueError(f"unsupported image value of type {type(value).__name__}")
-
-
 class GameplayDataset(torch.utils.data.Dataset):
     """Training windows (see the module docstring) over an HF ``datasets.Dataset``.
 
@@ -217,8 +200,13 @@ class GameplayDataset(torch.utils.data.Dataset):
     :meth:`NitroGenModel.training_loss`.
 
     ``cache_dir``: decode every frame once into ``frames-<key>.npy`` (uint8 ``(N, S, S, 3)``,
-    memory-mapped), keyed by the dataset fingerprint, ``mask_rect`` and ``image_size``; a later
-    dataset with the same key reads it instead of decoding.
+    memory-mapped), keyed by the dataset fingerprint, ``mask_rect``, ``image_size`` and the image
+    reader (``image_root``, ``max_image_pixels``); a later dataset with the same key reads it
+    instead of decoding. The cache decodes through :meth:`decode_image`, as reads without it do.
+
+    ``image_root``: the folder that image cells holding only a relative path are read from (never
+    outside it); without it such cells are corrupt rows. ``max_image_pixels``: the largest
+    ``width * height`` decoded (see :mod:`nitrogen.data.images`).
     """
 
     def __init__(
@@ -230,11 +218,14 @@ class GameplayDataset(torch.utils.data.Dataset):
         skip_bad: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         game_mapping: Mapping[str, int] | None = None,
+        image_root: str | os.PathLike[str] | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         **window: Any,
     ) -> None:
         if config is not None and window:
             raise TypeError("pass either config= or window keyword arguments, not both")
         self.config = config or WindowConfig(**window)
+        self.images = ImageReader(image_root=image_root, max_pixels=max_image_pixels)
         self.mapper = ActionMapper(mapping)
         self.skip_bad = skip_bad
         self.bad_rows: dict[int, CorruptRowError] = {}
@@ -369,14 +360,15 @@ class GameplayDataset(torch.utils.data.Dataset):
 
     # ----------------------------------------------------------------------------- frames
     def decode_image(self, value: Any, row_index: int) -> np.ndarray:
-        """Decode one image cell to RGB uint8 ``(H, W, 3)``; raises :class:`CorruptRowError`.
+        """Decode one image cell to RGB uint8 ``(H, W, 3)`` with :attr:`images`; raises
+        :class:`CorruptRowError` saying why the reader refused it.
 
         A subclass may override this (e.g. to count decodes); the cache calls it once per row.
         """
         try:
-            return _decode_value(value)
-        except Exception as exc:  # PIL raises many types for garbage bytes
-            raise CorruptRowError(row_index, self.mapper.config.image, f"undecodable image: {exc}") from exc
+            return self.images.read(value)
+        except ValueError as exc:  # the reader's one-line reason
+            raise CorruptRowError(row_index, self.mapper.config.image, str(exc)) from exc
 
     def prepare_frame(self, rgb: np.ndarray) -> np.ndarray:
         """Mask (``mask_rect`` in source pixels, black) and squash to ``S x S`` with INTER_AREA."""
@@ -394,17 +386,29 @@ class GameplayDataset(torch.utils.data.Dataset):
             if self._bad_image[row]:
                 raise CorruptRowError(row, self.mapper.config.image, "undecodable image (recorded in the cache)")
             return np.asarray(self._cache[row])
+        if self._bad_image[row] and row in self.bad_rows:  # refused once in this process: not read again
+            err = self.bad_rows[row]
+            raise CorruptRowError(row, err.column, err.reason)
         value = self._images[int(row)][self.mapper.config.image]
         return self.prepare_frame(self.decode_image(value, int(row)))
 
     # ----------------------------------------------------------------------------- cache
     def cache_key(self) -> str:
-        """Hash of (dataset fingerprint, mask_rect, image_size, image column, cache version)."""
+        """Hash of (dataset fingerprint, mask_rect, image_size, image column, image reader, cache version)."""
         if self._fingerprint is None:
             raise ValueError("the dataset has no fingerprint; it cannot be cached")
         cfg = self.config
+        reader = [str(self.images.image_root) if self.images.image_root else None, self.images.max_pixels]
         blob = json.dumps(
-            [CACHE_VERSION, self._fingerprint, cfg.mask_rect, cfg.image_size, self.mapper.config.image, self.num_rows]
+            [
+                CACHE_VERSION,
+                self._fingerprint,
+                cfg.mask_rect,
+                cfg.image_size,
+                self.mapper.config.image,
+                self.num_rows,
+                reader,
+            ]
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

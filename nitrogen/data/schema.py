@@ -2,7 +2,8 @@
 
 A fine-tuning row has:
 
-* ``image``: an HF ``datasets.Image`` value (a ``{"bytes": png, "path": ...}`` dict or a PIL image);
+* ``image``: an HF ``datasets.Image`` value holding the encoded frame (a ``{"bytes": png, "path": ...}``
+  dict; training reads the bytes only, see :mod:`nitrogen.data.images`);
 * 17 boolean button columns: ``south east west north left_shoulder right_shoulder left_trigger
   right_trigger start back guide dpad_up dpad_down dpad_left dpad_right left_thumb right_thumb``;
 * ``j_left`` / ``j_right``: ``[x, y]`` floats in ``[-1, 1]``. **Stick y points DOWN** (SDL

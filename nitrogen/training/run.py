@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..data import (
     MAPPING_PRESETS,
+    MAX_IMAGE_PIXELS,
     GameplayDataset,
     MappingConfig,
     WindowConfig,
@@ -76,6 +77,8 @@ def prepare_finetune(
     eval_fraction: float = 0.1,
     skip_bad: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    image_root: str | os.PathLike[str] | None = None,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> PreparedFinetune:
     """Assemble a fine-tuning run, as ``nitrogen finetune`` does.
 
@@ -88,6 +91,9 @@ def prepare_finetune(
       ``deadzone`` replaces its stick deadzone (on the ``xbox`` preset when no mapping is given).
     * ``context``: frames per sample instead of the checkpoint's.
     * ``eval_fraction``: share of episodes held out (0: no eval set), split with the config's seed.
+    * ``image_root``: the folder that image cells holding only a relative path are read from, never
+      outside it; without it such cells are corrupt rows (training reads image bytes only).
+      ``max_image_pixels``: the largest image decoded (checked on its header first).
 
     Windows take the checkpoint's windowing and the frame size of its vision tower
     (:meth:`WindowConfig.from_checkpoint`). A game-conditioned checkpoint gets ``game_ids`` from
@@ -109,6 +115,8 @@ def prepare_finetune(
         skip_bad=skip_bad,
         cache_dir=cache_dir,
         game_mapping=raw.game_mapping,
+        image_root=image_root,
+        max_image_pixels=max_image_pixels,
     )
     if eval_fraction:
         train_idx, eval_idx = split_by_episode(dataset, eval_fraction, seed=cfg.seed)

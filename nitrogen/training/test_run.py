@@ -10,12 +10,30 @@ import pytest
 import torch
 from PIL import Image
 
-from nitrogen.data import BUTTON_COLUMNS, MAPPING_PRESETS
+from nitrogen.data import BUTTON_COLUMNS, MAPPING_PRESETS, CorruptRowError
+from nitrogen.inference.preprocessing import resize_frame, to_pixels
 from nitrogen.model.checkpoint import read_checkpoint
 from nitrogen.training.config import FinetuneConfig
 from nitrogen.training.run import PreparedFinetune, prepare_finetune
 
 EPISODES, FRAMES = 4, 24
+
+
+def _gameplay(images: list[dict], path: Path) -> Path:
+    """A parquet of EPISODES x FRAMES rows in the fine-tuning schema with these image cells."""
+    import datasets
+
+    rng = np.random.default_rng(1)
+    cols: dict[str, list] = {"image": images, "episode_id": [], "frame": []}
+    cols.update({name: [bool(v) for v in rng.random(len(images)) < 0.3] for name in BUTTON_COLUMNS})
+    cols["j_left"] = [[float(rng.uniform(-1, 1)), 0.0] for _ in images]
+    cols["j_right"] = [[0.0, 0.0] for _ in images]
+    for episode in range(EPISODES):
+        cols["episode_id"] += [episode] * FRAMES
+        cols["frame"] += list(range(FRAMES))
+    # batch_size: without it `datasets` stats every path-only cell (from the working folder) to size its batches.
+    datasets.Dataset.from_dict(cols).cast_column("image", datasets.Image()).to_parquet(str(path), batch_size=1000)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +95,71 @@ def test_prepare_finetune_feeds_game_ids_and_takes_a_config(parquet: Path, golde
     assert ids == {"alpha": raw.game_mapping["alpha"], "beta": raw.game_mapping["beta"]}
     batch = next(iter(torch.utils.data.DataLoader(prep.train, batch_size=4)))
     assert batch["game_ids"].shape == (4,)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``paths``: a parquet whose cells hold only a path relative to ``root``, where the frames are;
+    ``undecodable``: the same rows as PNG bytes but for row BAD_ROW, bytes that are no image."""
+    base = tmp_path_factory.mktemp("image_folder")
+    (base / "root" / "frames").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    paths, blobs = [], []
+    for row in range(EPISODES * FRAMES):
+        frame = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+        Image.fromarray(frame).save(base / "root" / "frames" / f"{row:04d}.png")
+        paths.append({"bytes": None, "path": f"frames/{row:04d}.png"})
+        blobs.append({"bytes": (base / "root" / "frames" / f"{row:04d}.png").read_bytes(), "path": None})
+    blobs[BAD_ROW] = {"bytes": b"\x89PNG\r\n\x1a\n truncated", "path": None}
+    return {
+        "root": base / "root",
+        "paths": _gameplay(paths, base / "paths.parquet"),
+        "undecodable": _gameplay(blobs, base / "undecodable.parquet"),
+    }
+
+
+BAD_ROW = 5  # episode 0, frame 5: the anchor of a window of tiny_ckpt's (1 frame, actions 1..18 ahead)
+WINDOWS = EPISODES * (FRAMES - 19 + 1)
+
+
+def test_prepare_finetune_reads_path_only_cells_inside_the_image_root_only(image_folder, tiny_ckpt) -> None:
+    prep = prepare_finetune(image_folder["paths"], tiny_ckpt, eval_fraction=0, image_root=image_folder["root"])
+    assert len(prep.dataset) == WINDOWS
+    item = prep.dataset[0]
+    frame = np.asarray(Image.open(image_folder["root"] / "frames" / f"{item['index']:04d}.png").convert("RGB"))
+    torch.testing.assert_close(item["pixels"][-1], to_pixels(resize_frame(frame, 256)[None])[0], rtol=0, atol=0)
+    plain = prepare_finetune(image_folder["paths"], tiny_ckpt, eval_fraction=0)
+    with pytest.raises(CorruptRowError, match=r"^corrupt row \d+, column 'image': image cell holds only a path"):
+        plain.dataset[0]
+    with pytest.raises(ValueError, match="not a folder"):
+        prepare_finetune(image_folder["paths"], tiny_ckpt, image_root=image_folder["paths"])
+
+
+def _finetune(*args: str, batch_size: int = 2):
+    from typer.testing import CliRunner
+
+    from nitrogen.cli import app
+
+    overrides = ["max_steps=2", f"batch_size={batch_size}", "save_every=0", "progress=false"]
+    return CliRunner().invoke(app, ["finetune", *args, "--eval-fraction", "0", *[f"--set={o}" for o in overrides]])
+
+
+def test_finetune_command_reads_an_image_folder_only_when_told(image_folder, tiny_ckpt, tmp_path) -> None:
+    data = ["--data", str(image_folder["paths"]), "--ckpt", str(tiny_ckpt)]
+    result = _finetune(*data, "--out", str(tmp_path / "plain"))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "error: corrupt row" in result.output and "--image-root" in result.output
+    result = _finetune(*data, "--out", str(tmp_path / "rooted"), "--image-root", str(image_folder["root"]))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rooted" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_finetune_command_names_an_undecodable_image_in_one_line(image_folder, tiny_ckpt, tmp_path, workers) -> None:
+    args = ["--data", str(image_folder["undecodable"]), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "run")]
+    # One batch of every window: the one anchored on the bad row is read in the first step.
+    result = _finetune(*args, f"--set=num_workers={workers}", batch_size=WINDOWS)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    (line,) = [line for line in result.output.splitlines() if "corrupt row" in line]
+    assert line.startswith(f"error: corrupt row {BAD_ROW}, column 'image': undecodable image")
+    assert "Traceback" not in result.output
