@@ -370,8 +370,10 @@ class _Array(_Token):
         if dtype.kind == "b" and count and flat.view(np.uint8).max() > 1:
             raise LegacyPickleError("numpy bool array holds bytes other than 0 and 1")
         # numpy's own unpickling of a _reconstruct state gives native byte order, its _frombuffer keeps the order
-        target = dtype.newbyteorder("=") if self.native else dtype
-        return flat.astype(target, copy=True).reshape(self.shape, order="F" if self.fortran else "C")
+        order = "F" if self.fortran else "C"
+        array = np.empty(self.shape, dtype.newbyteorder("=") if self.native else dtype, order=order)
+        np.copyto(array, flat.reshape(self.shape, order=order))  # the one allocation: a fresh array of its own
+        return array
 
 
 class _Scalar(_Token):
