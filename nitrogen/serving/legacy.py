@@ -109,6 +109,9 @@ def _brief(value: Any, limit: int = 60) -> str:
 
 
 def _brief_container(value: Any) -> str:
+    """A short container's repr when it holds only numbers (a shape), else its type and length."""
+    if isinstance(value, (tuple, list)) and len(value) <= 8 and all(type(v) in (int, float, bool) for v in value):
+        return repr(value)  # at most 8 numbers; an int here can be long, and _brief cuts the text
     return f"{type(value).__name__} of {len(value)}"
 
 
@@ -297,7 +300,8 @@ class _Dtype(_Token):
         if not isinstance(name, str) or name not in ARRAY_DTYPES:
             kind = " (object)" if name == "O" else ""
             raise LegacyPickleError(
-                f"refused numpy dtype {_brief(name, 20)}{kind}: legacy arrays may only have the plain number dtypes "
+                f"refused numpy dtype {_brief(name, 20) if isinstance(name, str) else 'given as a ' + type(name).__name__}"
+                f"{kind}: legacy arrays may only have the plain number dtypes "
                 f"{', '.join(sorted(ARRAY_DTYPES))} (no object, structured or subarray dtypes)"
             )
         if type(align) is not bool or type(copy) is not bool:

@@ -9,6 +9,8 @@ import subprocess
 import gc
 import hashlib
 import json
+import math
+import pickletools
 import re
 import select
 import struct
@@ -21,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import nitrogen
@@ -28,6 +32,7 @@ import nitrogen
 from nitrogen.serving.legacy import (
     ALLOWED_GLOBALS,
     ARRAY_DTYPES,
+    IMAGE_MODES,
     MAX_DEPTH,
     LegacyPickleError,
     encode_legacy_reply,
@@ -923,3 +928,229 @@ def test_build_and_reduce_misuse_on_tokens_is_refused(legacy_worker: LegacyWorke
         glob("builtins.frozenset"),
     ):
         _refused_within(legacy_worker, dumps(payload), SMALL_MB)
+
+
+# --------------------------------------------------------------------------- structure-aware fuzzing
+# hostile_pickles() writes pickles from the admitted opcodes and globals (and a few refused ones),
+# shaped like what numpy and PIL write: dtypes with forged, structured and subarray states, arrays
+# by _reconstruct and _frombuffer with odd shapes and buffers, scalars, images with odd modes,
+# sizes and palettes, memo puts and gets, REDUCE/BUILD/NEWOBJ on anything, and real pickles of real
+# requests with bytes flipped, cut, inserted and names swapped. bench/fuzz_legacy.py runs it too.
+
+_FUZZ_GLOBALS = (
+    *sorted(ALLOWED_GLOBALS),
+    "__builtin__.set",
+    "__builtin__.bytes",
+    "os.system",
+    "posix.system",
+    "builtins.eval",
+    "builtins.exec",
+    "builtins.getattr",
+    "builtins.__import__",
+    "builtins.open",
+    "subprocess.Popen",
+    "copyreg._reconstructor",
+    "copyreg.__newobj__",
+    "numpy.frombuffer",
+    "numpy.load",
+    "numpy.dtype.newbyteorder",
+    "PIL.Image.open",
+    "PIL.Image.core",
+    "PIL.Image.Image.__setstate__",
+    "nitrogen.serving.legacy._Image",
+)
+_FUZZ_TEXT = (
+    "predict", "reset", "info", "type", "image", "O", "V8", "V512", "f8", "u1", "i2", "b1", "<f4", "|O", "M8",
+    "U4", "S3", "c16", "<", ">", "|", "=", "C", "F", "RGB", "RGBA", "L", "P", "1", "LA", "I;16", "CMYK", "latin1",
+    "zlib", f"touch {_CODE_RAN}", f"open({_CODE_RAN!r}, 'w').close()", "",
+)  # fmt: skip
+_FUZZ_INTS = (0, 1, 2, 3, 4, 5, 6, 8, 63, -1, 255, 256, 2**15, 2**16 - 1, 2**31 - 1, -(2**31), 2**32, 2**40, 2**63 - 1,
+              2**64, 10**30, 2**600)  # fmt: skip
+_FUZZ_FLOATS = (0.0, 1.5, -1.0, math.nan, math.inf, 1e308, 5e-324)
+_FUZZ_SIZES = ((0, 2**31 - 1), (2**31 - 1, 0), (16000, 16000), (8192, 8192), (8193, 1), (1, 1), (5, 6), (2, 3), (-1, 4))
+_ODD_DTYPES = ("O", "V8", "V512", "U4", "S3", "M8", "c16", "f16", "u1 ", "", "u")
+_ODD_MODES = ("I;16", "F", "I", "CMYK", "PA", "YCbCr", "", "RGBX")
+_ALL_OPCODES = tuple(sorted({op.code.encode("latin1") for op in pickletools.opcodes}))
+_ODD_ARGS = (b"", b"\x00", b"\xff\xff\xff\xff", struct.pack("<Q", 2**40), b"\x10\x00\x00\x00", b"x\ny\n", b"\x00" * 8)
+
+
+def _glob_any(qualified: str, text_form: bool) -> Raw:
+    """A global by STACK_GLOBAL, or by protocol 2's text GLOBAL."""
+    if not text_form:
+        return glob(qualified)
+    module, name = qualified.rsplit(".", 1)
+    return Raw(pickle.GLOBAL + module.encode() + b"\n" + name.encode() + b"\n")
+
+
+def _mark(opcode: bytes, items: list[Any], empty: bytes = b"") -> Raw:
+    return Raw(empty + pickle.MARK + b"".join(ops(i) for i in items) + opcode)
+
+
+def _fuzz_leaves() -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.sampled_from(_FUZZ_INTS) | st.integers(-300, 300),
+        st.sampled_from(_FUZZ_FLOATS),
+        st.sampled_from(_FUZZ_TEXT),
+        st.booleans() | st.none(),
+        st.binary(max_size=48) | st.sampled_from([b"", b"A" * 8, bytes(64)]),
+        st.binary(max_size=16).map(bytearray),
+        st.builds(_glob_any, st.sampled_from(_FUZZ_GLOBALS), st.booleans()),
+        st.integers(0, 7).map(lambda i: Raw(pickle.BINGET + bytes([i]))),
+        st.builds(lambda op, arg: Raw(op + arg), st.sampled_from(_ALL_OPCODES), st.sampled_from(_ODD_ARGS)),
+    )
+
+
+def _shapes(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    small = st.lists(st.integers(0, 6), max_size=4).map(tuple)
+    odd = st.lists(st.sampled_from(_FUZZ_INTS), min_size=1, max_size=3).map(tuple)
+    return st.one_of(small, small, odd, st.just((0,)), children)
+
+
+def _dtypes(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Raw]:
+    names = st.sampled_from(sorted(ARRAY_DTYPES)) | st.sampled_from(_ODD_DTYPES) | children
+    order = st.sampled_from(("<", ">", "|", "=", "!"))
+    ints = st.sampled_from(_FUZZ_INTS)
+    plain = st.tuples(st.just(3), order, st.none(), st.none(), st.none(), ints, ints, ints)
+    flat = st.just(None)
+    subarray = st.tuples(st.just(3), st.just("|"), st.tuples(children, _shapes(children)), flat, flat, ints, ints, ints)
+    fields = st.tuples(
+        st.just(3), st.just("|"), flat, st.tuples(st.just("a")), st.builds(lambda d, o: {"a": (d, o)}, children, ints),
+        ints, ints, ints,
+    )  # fmt: skip
+    state = st.one_of(plain, plain, subarray, fields, children, st.none())
+    dtype = st.builds(np_dtype, names, state)
+    twice = st.builds(build, dtype, state)  # a second BUILD
+    return dtype | twice
+
+
+@st.composite
+def _arrays(draw: st.DrawFn, children: st.SearchStrategy[Any]) -> Raw:
+    name = draw(st.sampled_from(sorted(ARRAY_DTYPES)) | st.sampled_from(_ODD_DTYPES))
+    plain_state = (3, draw(st.sampled_from("<>|=")), None, None, None, -1, -1, draw(st.sampled_from((0, 63, 1 << 30))))
+    dtype = draw(st.just(np_dtype(name, plain_state)) | _dtypes(children))
+    shape = draw(_shapes(children))
+    itemsize = np.dtype(name).itemsize if name in ARRAY_DTYPES else 8
+    exact = math.prod(shape) * itemsize if isinstance(shape, tuple) and all(type(d) is int and 0 <= d < 64 for d in shape) else -1
+    data = draw(
+        st.one_of(
+            st.just(bytes(exact)) if exact >= 0 else st.binary(max_size=8),
+            st.just(bytearray(exact)) if exact >= 0 else st.binary(max_size=8),
+            st.binary(max_size=64),
+            children,
+        )
+    )
+    if draw(st.booleans()):
+        return np_frombuffer(data, dtype, shape, draw(st.sampled_from(("C", "F", "K")) | children))
+    state = draw(
+        st.one_of(
+            st.builds(lambda f: (1, shape, dtype, f, data), st.booleans() | st.sampled_from((0, 1, 2))),
+            st.builds(lambda v: (v, shape, dtype, False, data), st.sampled_from((0, 2, -1))),
+            st.just((shape, dtype, False, data)),
+            st.just((1, shape, dtype, False, [None] * 2)),
+            children,
+            st.none(),
+        )
+    )
+    made = draw(st.just((0,)) | _shapes(children)), draw(st.just(b"b") | _dtypes(children) | children)
+    return np_reconstruct(state, shape=made[0], typecode=made[1])
+
+
+@st.composite
+def _images(draw: st.DrawFn, children: st.SearchStrategy[Any]) -> Raw:
+    mode = draw(st.sampled_from(tuple(IMAGE_MODES)) | st.sampled_from(_ODD_MODES) | children)
+    size = draw(st.sampled_from(_FUZZ_SIZES) | st.tuples(st.integers(0, 9), st.integers(0, 9)) | children)
+    bands = IMAGE_MODES.get(mode, 3) if isinstance(mode, str) else 3
+    if isinstance(size, tuple) and all(isinstance(s, int) and s >= 0 for s in size):
+        exact = (size[0] + 7) // 8 * size[1] if mode == "1" else size[0] * size[1] * bands
+    else:
+        exact = -1
+    data = draw(st.just(bytes(exact)) if 0 <= exact <= 4096 else st.binary(max_size=16)) if draw(st.booleans()) else draw(
+        st.binary(max_size=64) | children
+    )
+    palette = draw(
+        st.none() | st.just([]) | st.lists(st.integers(-1, 256), max_size=12) | st.just(list(range(256)) * 3) | children
+    )
+    info = draw(st.just({}) | children)
+    state = draw(st.just([info, mode, size, palette, data]) | st.just((info, mode, size, palette, data)) | children)
+    made = newobj(glob("PIL.Image.Image"), *draw(st.lists(children, max_size=2)))
+    return draw(st.sampled_from((build(made, state), build(build(made, state), state), made)))
+
+
+def _fuzz_extend(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    callables = st.builds(_glob_any, st.sampled_from(_FUZZ_GLOBALS), st.booleans()) | children
+    pairs = st.lists(st.tuples(children, children), max_size=3).map(lambda kv: [x for pair in kv for x in pair])
+    return st.one_of(
+        st.lists(children, max_size=4).map(tuple),
+        st.lists(children, max_size=4),
+        pairs.map(lambda items: _mark(pickle.SETITEMS, items, pickle.EMPTY_DICT)),
+        st.lists(children, max_size=4).map(lambda items: _mark(pickle.ADDITEMS, items, pickle.EMPTY_SET)),
+        st.lists(children, max_size=4).map(lambda items: _mark(pickle.FROZENSET, items)),
+        st.builds(lambda fn, args: call(fn, *args), callables, st.lists(children, max_size=4)),
+        st.builds(build, children, children),
+        st.builds(lambda cls, args: newobj(cls, *args), callables, st.lists(children, max_size=2)),
+        st.builds(lambda value, i: Raw(ops(value) + pickle.BINPUT + bytes([i])), children, st.integers(0, 7)),
+        st.builds(lambda value: Raw(ops(value) + pickle.MEMOIZE), children),
+        _dtypes(children),
+        _arrays(children),
+        st.builds(np_scalar, _dtypes(children), st.binary(max_size=9) | children),
+        _images(children),
+    )
+
+
+@st.composite
+def _mutated_real_pickles(draw: st.DrawFn) -> bytes:
+    """A real pickle of a real request (numpy arrays, PIL images, scalars, sets), then damaged."""
+    protocol = draw(st.integers(2, 5))
+    h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    frame = np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3)
+    mode = draw(st.sampled_from(("array", "RGB", "RGBA", "L", "P", "1", "LA", "I", "F", "CMYK")))
+    image = frame if mode == "array" else Image.fromarray(frame).convert(mode)
+    value: dict[str, Any] = {"type": "predict", "image": image}
+    if draw(st.booleans()):
+        value["extra"] = [np.float32(1.5), np.int64(-3), {1, 2}, frozenset("ab"), 1j, b"", np.zeros((2, 2), ">f8")]
+    payload = bytearray(pickle.dumps(value, protocol=protocol))
+    if len(payload) > 11 and payload[2] == pickle.FRAME[0] and draw(st.booleans()):
+        del payload[2:11]  # without its FRAME the rest stays readable after lengths change
+    for _ in range(draw(st.integers(1, 3))):
+        how = draw(st.sampled_from(("byte", "cut", "delete", "insert", "name")))
+        at = draw(st.integers(2, max(2, len(payload) - 1)))  # past PROTO: what follows is what is interesting
+        if how == "byte" and at < len(payload):
+            payload[at] = draw(st.integers(0, 255) | st.sampled_from(tuple(op[0] for op in _ALL_OPCODES)))
+        elif how == "cut":
+            del payload[max(3, at) :]
+        elif how == "delete":
+            del payload[at : at + draw(st.integers(1, 8))]
+        elif how == "insert":
+            payload[at:at] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from(_ALL_OPCODES))
+        else:
+            old = draw(st.sampled_from(("u1", ">", "<", "|", "f8", "f4", "i8", "latin1", "RGB", "P", "L", mode)))
+            new = draw(st.sampled_from(_FUZZ_TEXT + _ODD_DTYPES))
+            for encoded in (ops(old), pickle.BINUNICODE + struct.pack("<I", len(old)) + old.encode()):
+                payload = payload.replace(encoded, ops(new) if encoded[:1] != pickle.BINUNICODE else (
+                    pickle.BINUNICODE + struct.pack("<I", len(new.encode())) + new.encode()))  # fmt: skip
+    return bytes(payload)
+
+
+def hostile_pickles() -> st.SearchStrategy[bytes]:
+    """Generated hostile legacy messages: structure-aware opcode streams, and damaged real pickles."""
+    node = st.recursive(_fuzz_leaves(), _fuzz_extend, max_leaves=12)
+    request = st.builds(lambda kind, image: {"type": kind, "image": image}, st.sampled_from(_FUZZ_TEXT[:4]), node)
+    streams = st.builds(lambda protocol, top: dumps(top, protocol), st.integers(2, 5), request | node)
+    return st.one_of(streams, streams, _mutated_real_pickles())
+
+
+FUZZ_PEAK_MB = 64  # what one generated message (a few KB) may cost the worker, at most
+
+
+def assert_parsed_or_refused(report: dict[str, Any], payload: bytes) -> None:
+    """What every legacy message must come to: a parse or a LegacyPickleError, no crash, little memory."""
+    assert outcome(report) in ("accepted", "refused"), (report, payload)
+    for load in ("safe_loads", "parse_legacy_request"):
+        assert report[load]["peak_mb"] < FUZZ_PEAK_MB, (load, report, payload)
+        assert len(report[load].get("message", "")) < 1000, (load, report, payload)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(payload=hostile_pickles())
+def test_fuzzed_legacy_pickles_parse_or_are_refused_and_never_crash(legacy_worker: LegacyWorker, payload: bytes) -> None:
+    assert_parsed_or_refused(legacy_worker.check(payload), payload)
