@@ -43,7 +43,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import numpy as np
+import PIL
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 from PIL import Image
@@ -169,7 +171,7 @@ def format_result(r: FuzzResult) -> str:
         f"| {r.code_ran} | {r.good_ok}/{r.good_sent} | {r.max_peak_mb:.1f} | {r.rss_growth_mb:.1f} "
         f"| {r.seconds:.0f} | {r.messages / max(r.seconds, 1e-9):.0f} |"
     )
-    return "\n".join([header, rule, row])
+    return f"{header}\n{rule}\n{row}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -190,6 +192,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine_info()
+    info.update(numpy=np.__version__, pillow=PIL.__version__, hypothesis=hypothesis.__version__)
     print("## NitroGen legacy pickle fuzzing\n")
     for key, value in info.items():
         print(f"- {key}: {value}")

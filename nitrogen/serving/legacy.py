@@ -275,7 +275,7 @@ class _Token:
 class _Global(_Token):
     """An allowed global as the unpickler sees it: a guarded function, never the real callable."""
 
-    __slots__ = ("name", "_call")
+    __slots__ = ("_call", "name")
 
     def __init__(self, name: str, call: Callable[..., Any] | None) -> None:
         self.name, self._call = name, call
@@ -293,7 +293,7 @@ class _Global(_Token):
 class _Dtype(_Token):
     """``numpy.dtype(name, align, copy)`` then ``BUILD (3, byteorder, None, None, None, ...)``: a name and an order."""
 
-    __slots__ = ("name", "byteorder", "_built")
+    __slots__ = ("_built", "byteorder", "name")
     what = "numpy dtype"
 
     def __init__(self, name: Any, align: Any = False, copy: Any = True) -> None:
@@ -330,7 +330,7 @@ class _Dtype(_Token):
 class _Array(_Token):
     """An ndarray's recipe: dtype token, shape, order and raw bytes, as ``_reconstruct`` + BUILD or ``_frombuffer`` give."""
 
-    __slots__ = ("dtype", "shape", "fortran", "data", "native", "_pending")
+    __slots__ = ("_pending", "data", "dtype", "fortran", "native", "shape")
     what = "numpy array"
 
     def __init__(self, *, pending: bool, native: bool) -> None:
@@ -383,7 +383,7 @@ class _Array(_Token):
 class _Scalar(_Token):
     """A numpy scalar's recipe, as ``numpy._core.multiarray.scalar(dtype, raw bytes)`` gives."""
 
-    __slots__ = ("dtype", "data")
+    __slots__ = ("data", "dtype")
     what = "numpy scalar"
 
     def __init__(self, dtype: Any, data: Any) -> None:
@@ -404,10 +404,10 @@ class _Scalar(_Token):
 class _Image(_Token):
     """``PIL.Image.Image`` as the unpickler sees it: NEWOBJ makes one, BUILD records ``[info, mode, size, palette, data]``."""
 
-    __slots__ = ("mode", "size", "palette", "data", "_built")
+    __slots__ = ("_built", "data", "mode", "palette", "size")
     what = "PIL image"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> _Image:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # NEWOBJ calls it with the pickled args
         if args or kwargs:
             raise LegacyPickleError("PIL.Image.Image takes no arguments in a legacy pickle")
         token = super().__new__(cls)
@@ -416,7 +416,7 @@ class _Image(_Token):
         return token
 
     def __setstate__(self, state: Any) -> None:
-        if not isinstance(self, _Image) or self._built:
+        if self._built:
             raise LegacyPickleError("refused BUILD on a PIL image that already has its data")
         self._built = True
         if not isinstance(state, (list, tuple)) or len(state) != 5:
@@ -629,13 +629,13 @@ def safe_loads(payload: bytes, *, max_bytes: int = MAX_LEGACY_BYTES) -> Any:
     except LegacyPickleError:
         raise
     except Exception as exc:  # UnpicklingError, EOFError, ValueError, TypeError, MemoryError, ...
-        raise LegacyPickleError(f"not a valid legacy pickle: {type(exc).__name__}: {_brief(str(exc), 120)}") from None
+        raise LegacyPickleError(f"not a valid legacy pickle: {type(exc).__name__}: {_brief(str(exc), 120)}") from exc
     try:
         return _Rebuilder(budget).rebuild(result)
     except LegacyPickleError:
         raise
     except Exception as exc:  # MemoryError, or numpy or PIL refusing what passed the checks
-        raise LegacyPickleError(f"legacy message could not be rebuilt: {type(exc).__name__}") from None
+        raise LegacyPickleError(f"legacy message could not be rebuilt: {type(exc).__name__}") from exc
 
 
 # --------------------------------------------------------------------------- requests and replies
@@ -659,9 +659,12 @@ def frame_from_legacy(image: Any) -> np.ndarray:
     raise LegacyPickleError(f"expected 'image' as a uint8 (H, W, 3) array or a PIL image, got {type(image).__name__}")
 
 
-def parse_legacy_request(payload: bytes) -> dict[str, Any]:
-    """Decode a legacy request to ``{"type": "predict", "frame": ndarray}`` or ``{"type": "reset" | "info"}``."""
-    request = safe_loads(payload)
+def parse_legacy_request(payload: bytes, *, max_bytes: int = MAX_LEGACY_BYTES) -> dict[str, Any]:
+    """Decode a legacy request to ``{"type": "predict", "frame": ndarray}`` or ``{"type": "reset" | "info"}``.
+
+    ``max_bytes`` caps the payload and the bytes it may rebuild, as in :func:`safe_loads`.
+    """
+    request = safe_loads(payload, max_bytes=max_bytes)
     if not isinstance(request, dict):
         raise LegacyPickleError(f"expected a dict request, got {type(request).__name__}")
     kind = request.get("type")
