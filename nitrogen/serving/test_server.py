@@ -311,8 +311,16 @@ def test_sessions_are_bounded_and_expire(engine, golden):
     ctx = zmq.Context.instance()
     with InferenceServer(engine, ServerConfig(port=0, max_sessions=2, session_ttl_s=3600)) as srv:
         socks = [_socket(ctx, srv.address, identity=f"c{k}".encode()) for k in range(3)]
-        for sock in socks:
-            assert _request(sock, {"v": 1, "type": "predict", "frame": z["image_0"], "seed": 0})["status"] == "ok"
+        predict = {"v": 1, "type": "predict", "frame": z["image_0"], "seed": 0}
+        for sock in socks[:2]:
+            assert _request(sock, predict)["status"] == "ok"
+        # Full of active sessions: the newcomer is refused and nobody is evicted.
+        refused = _request(socks[2], predict)
+        assert refused["status"] == "error" and "active sessions" in refused["error"]
+        assert list(srv.sessions) == [b"c0", b"c1"]
+        # Once the least recently seen session has been idle for session_idle_s, a newcomer takes its place.
+        srv.config.session_idle_s = 1e-9
+        assert _request(socks[2], predict)["status"] == "ok"
         assert list(srv.sessions) == [b"c1", b"c2"]
         srv.config.session_ttl_s = 1e-9
         srv._expire_sessions()
