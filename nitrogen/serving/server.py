@@ -757,6 +757,8 @@ class InferenceServer:
                     continue
                 for job, reply in zip(live, self._run_batch(live), strict=True):
                     body = self._encode_reply(reply, job.legacy)
+                    self._budget.release(job.ticket)  # its request is done with; the reply is small
+                    job.ticket = None
                     out.send_multipart([job.conn.to_bytes(8, "little"), *job.envelope, body])
                     self._finish(job)
         finally:
