@@ -34,6 +34,7 @@ the sender sent (they name types, sizes and limits) and are cut to :data:`MAX_ER
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,8 +140,7 @@ def _array_from(spec: dict[Any, Any]) -> np.ndarray:
         raise ProtocolError(f"array shape must be sizes from 0 to {MAX_MESSAGE_BYTES}")
     if not isinstance(data, bytes):
         raise ProtocolError(f"array data must be bytes, got {describe(data)}")
-    itemsize = np.dtype(dtype).itemsize
-    expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize  # exact: Python integers never wrap
     if expected != len(data):
         raise ProtocolError(f"array of shape {shape} and dtype {dtype} needs {expected} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -105,3 +105,14 @@ def test_array_errors_do_not_quote_the_sender():
         with pytest.raises(ProtocolError) as info:
             decode(msgpack.packb({"a": bad}))
         assert "zz-marker-zz" not in str(info.value)
+
+
+def test_declared_shapes_must_account_for_the_bytes_exactly():
+    for shape in ([2**25] * 4, [2**16] * 4, [2**25, 2**25, 2**25, 1]):  # products that wrap in int64
+        spec = {"__nd__": 1, "dtype": "uint8", "shape": shape, "data": b""}
+        with pytest.raises(ProtocolError, match="needs .* bytes, got 0"):
+            decode(msgpack.packb({"a": spec}))
+    empty = decode(msgpack.packb({"a": {"__nd__": 1, "dtype": "float32", "shape": [2**25, 0], "data": b""}}))["a"]
+    assert empty.shape == (2**25, 0)
+    with pytest.raises(ProtocolError, match="exceeds the 8192-pixel limit"):
+        validate_request({"v": 1, "type": "predict", "frame": np.zeros((2**25, 2**25, 0), np.uint8)})
