@@ -20,7 +20,8 @@ requests (CFG +-100, noise +-1e4, 30 MB frames); oversize multipart messages (36
 100 frames, huge envelope frames); a socket that claims the golden client's routing id and tries to
 reset, poison (``cfg_scale``) and read its session; ``info`` and ``predict`` floods from four
 sockets that never read a reply (amplification); and, every ``--flood-every`` batches, a flood of
-300 new identities that stay connected. Strings carry a marker; no reply may contain it.
+300 new identities that stay connected. Strings carry a marker; no reply may contain it, except in
+the echoed ``id`` (a string of up to 64 characters is echoed by design).
 
 Printed: the table of what was sent and what held, and the verdicts:
 
@@ -336,7 +337,7 @@ def run(messages: int, batch: int, seed: int, baseline_s: float, flood_every: in
     from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
     from nitrogen.serving.client import ModelClient
-    from nitrogen.serving.protocol import REPLY_LIMITS, decode
+    from nitrogen.serving.protocol import REPLY_LIMITS, decode, encode
 
     result = Result(machine=machine_info())
     z = golden()
@@ -383,9 +384,11 @@ def run(messages: int, batch: int, seed: int, baseline_s: float, flood_every: in
             while main.poll(0):
                 raw = main.recv_multipart()
                 result.replies += 1
-                if MARK.encode() in b"".join(raw):
+                reply = decode(raw[-1], limits=REPLY_LIMITS)
+                reply.pop("id", None)  # a short id (up to 64 characters) is echoed by design
+                if MARK.encode() in encode(reply) + b"".join(raw[:-1]):
                     result.marker_quoted += 1
-                if decode(raw[-1], limits=REPLY_LIMITS).get("status") == "error":
+                if reply.get("status") == "error":
                     result.error_replies += 1
                     result.largest_error_reply = max(result.largest_error_reply, sum(len(f) for f in raw))
 

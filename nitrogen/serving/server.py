@@ -169,7 +169,7 @@ class ClientSession(FrameHistory):
         self.user = user
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a request holds arrays
 class _Job:
     envelope: list[bytes]
     identity: bytes
@@ -179,6 +179,7 @@ class _Job:
     session: ClientSession | None = None
     conn: int = 0
     ticket: tuple[bytes, int] | None = None
+    done: bool = False
 
 
 class _Budget:
@@ -739,7 +740,12 @@ class InferenceServer:
         return batch
 
     def _finish(self, job: _Job) -> None:
+        """The job is answered or dropped: give back its budget and its in-flight count (once)."""
+        if job.done:
+            return
+        job.done = True
         self._budget.release(job.ticket)
+        job.ticket = None
         with self._inflight_lock:
             self._inflight -= 1
 
@@ -749,20 +755,36 @@ class InferenceServer:
         try:
             while not (self._stopping.is_set() and self._idle()):
                 batch = self._next_batch()
-                live = [job for job in batch if self._connections.is_open(job.conn)]
-                for job in batch:
-                    if job not in live:  # its client hung up: nobody to answer
-                        self._finish(job)
-                if not live:
-                    continue
-                for job, reply in zip(live, self._run_batch(live), strict=True):
-                    body = self._encode_reply(reply, job.legacy)
-                    self._budget.release(job.ticket)  # its request is done with; the reply is small
-                    job.ticket = None
-                    out.send_multipart([job.conn.to_bytes(8, "little"), *job.envelope, body])
-                    self._finish(job)
+                try:
+                    self._serve_batch(out, batch)
+                except Exception:  # a bug must not stop the worker: answer what is left, then go on
+                    log.exception("the worker failed on a batch of %d", len(batch))
+                    for job in batch:
+                        if not job.done:
+                            self._push(out, job, protocol.error("internal error", protocol.request_id(job.request)))
         finally:
             out.close(linger=1000)
+
+    def _push(self, out: zmq.Socket, job: _Job, reply: dict[str, Any]) -> None:
+        """Hand a reply to the I/O thread as ``[connection, *envelope, body]`` and finish the job."""
+        body = self._encode_reply(reply, job.legacy)
+        self._budget.release(job.ticket)  # its request is done with; the reply is small
+        job.ticket = None
+        out.send_multipart([job.conn.to_bytes(8, "little"), *job.envelope, body])
+        self._finish(job)
+
+    def _serve_batch(self, out: zmq.Socket, batch: list[_Job]) -> None:
+        """Run the batch's jobs whose connections are open and send their replies; drop the others."""
+        live = []
+        for job in batch:
+            if self._connections.is_open(job.conn):
+                live.append(job)
+            else:  # its client hung up: nobody to answer
+                self._finish(job)
+        if not live:
+            return
+        for job, reply in zip(live, self._run_batch(live), strict=True):
+            self._push(out, job, reply)
 
     def _run_batch(self, batch: list[_Job]) -> list[dict[str, Any]]:
         """Run one batch through the engine; every job gets a reply, an error one if it failed."""

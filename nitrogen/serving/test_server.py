@@ -549,16 +549,25 @@ def test_a_session_without_a_token_ends_with_its_connection(cfg_engine, golden):
 def test_queued_requests_of_a_closed_connection_are_dropped(engine, golden):
     z = golden["released_layout"]
     held = _HeldEngine.from_checkpoint(engine.checkpoint.path, device="cpu")
-    with InferenceServer(held, ServerConfig(port=0, batch_wait_ms=1)) as srv:
-        sock = _socket(zmq.Context.instance(), srv.address, zmq.DEALER, identity=b"leaver")
+    ctx = zmq.Context.instance()
+    with InferenceServer(held, ServerConfig(port=0, batch_wait_ms=20)) as srv:
+        sock = _socket(ctx, srv.address, zmq.DEALER, identity=b"leaver")
         for i in range(3):
             sock.send_multipart([b"", protocol.encode({"v": 1, "type": "predict", "id": i, "frame": z["image_0"]})])
         _until(lambda: held.holding.is_set() and srv.stats.requests == 3)
         sock.close()
         _until(lambda: not srv.sessions)  # the server saw the connection close
+        # The same routing id on a new connection resends request 1: a new session, so that request shares a
+        # batch with the dead connection's request 1.
+        again = _socket(ctx, srv.address, zmq.DEALER, identity=b"leaver")
+        again.send_multipart([b"", protocol.encode({"v": 1, "type": "predict", "id": 1, "frame": z["image_0"]})])
+        _until(lambda: srv.stats.requests == 4)
         held.release.set()
+        [reply] = _drain(again, 1)
+        assert reply["status"] == "ok" and reply["id"] == 1
         _until(srv._idle)
-        assert srv.stats.snapshot()["predictions"] == 1  # only the one already in the model ran
+        assert srv.stats.snapshot()["predictions"] == 2  # the one already in the model, and the new one
+        again.close()
 
 
 def test_the_client_keeps_its_session_across_lazy_pirate_reconnects(cfg_engine, golden):
