@@ -29,7 +29,8 @@ Printed: the table of what was sent and what held, and the verdicts:
 * server RSS: idle (after warm-up) and peak during the attack (``VmHWM``, reset at the start of the
   attack); the peak must stay below idle + 1 GB;
 * the well-behaved client's predict p95 without and under attack; goal: under attack <= 2x + 100 ms;
-* the largest error reply (must be under 1 KB) and replies quoting the marker (must be 0).
+* the largest error reply (must be under 1 KB), replies quoting the marker and "internal error"
+  replies, which mean a bug was caught (both must be 0).
 
 Run from the repository root::
 
@@ -308,6 +309,7 @@ class Result:
     takeover_replies: int = 0
     replies: int = 0
     error_replies: int = 0
+    internal_errors: int = 0
     largest_error_reply: int = 0
     marker_quoted: int = 0
     send_timeouts: int = 0
@@ -390,6 +392,7 @@ def run(messages: int, batch: int, seed: int, baseline_s: float, flood_every: in
                     result.marker_quoted += 1
                 if reply.get("status") == "error":
                     result.error_replies += 1
+                    result.internal_errors += str(reply.get("error")).startswith(("internal", "inference failed"))
                     result.largest_error_reply = max(result.largest_error_reply, sum(len(f) for f in raw))
 
         while sent < messages:
@@ -486,6 +489,7 @@ def report(r: Result) -> bool:
         ("server peak RSS under attack", f"{r.peak_rss_mb:.0f} MB (+{r.peak_rss_mb - r.idle_rss_mb:.0f} MB)",
          r.peak_rss_mb < r.idle_rss_mb + GB / 2**20),
         ("largest error reply", f"{r.largest_error_reply} bytes", r.largest_error_reply < 1024),
+        ("internal errors (a bug answered as 'internal error')", str(r.internal_errors), r.internal_errors == 0),
         ("replies quoting the marker", str(r.marker_quoted), r.marker_quoted == 0),
         ("well-behaved p50 / p95, no attack", f"{r.baseline_p50_ms:.1f} / {r.baseline_p95_ms:.1f} ms", None),
         ("well-behaved p50 / p95, under attack", f"{r.attack_p50_ms:.1f} / {r.attack_p95_ms:.1f} ms "

@@ -481,7 +481,7 @@ class InferenceServer:
                 known = "this checkpoint has no game mapping" if not self.engine.game_mapping else "`info` lists them"
                 raise protocol.ProtocolError(f"unknown game ({protocol.describe(request['game'])}); {known}") from None
         cfg_scale = session.cfg_scale
-        if "cfg_scale" in request:
+        if request.get("cfg_scale") is not None:
             cfg_scale = FrameHistory.check_cfg_scale(request["cfg_scale"])
         session.game_id, session.game_name = game
         session.cfg_scale = cfg_scale

@@ -790,6 +790,13 @@ def test_a_flood_of_new_identities_does_not_evict_an_active_session(cfg_engine, 
             sock.close()
 
 
+def test_null_overrides_count_as_absent(server):
+    sock = _socket(zmq.Context.instance(), server.address)
+    reply = _request(sock, {"v": 1, "type": "info", "cfg_scale": None, "game": None})
+    sock.close()
+    assert reply["status"] == "ok" and reply["info"]["session"]["cfg_scale"] == 1.0  # not "internal error"
+
+
 def test_info_names_the_checkpoint_but_never_its_path(server, golden_dir):
     sock = _socket(zmq.Context.instance(), server.address)
     sock.send(protocol.encode({"v": 1, "type": "info"}))
