@@ -30,6 +30,9 @@ from .preprocessing import as_rgb_frame, resize_frame, to_pixels
 STEP_RATE_HZ = 60.0
 """NitroGen acts once per frame of a 60 Hz game: action ``k`` of a chunk is for frame ``t + shift + k``."""
 
+MAX_NOISE_ABS = 1e4
+"""The largest magnitude of a value of caller-given initial noise (a standard normal draw stays under 10)."""
+
 _GENERIC_STEMS = frozenset({"model", "checkpoint", "ckpt", "weights", "best", "last", "final"})
 
 _DTYPES = {
@@ -104,7 +107,8 @@ class BatchPrediction:
 
     ``actions[i]`` is request ``i``'s ``(H, 25)`` float32 action tensor, or ``None`` when it failed;
     then ``errors[i]`` says why: a ``ValueError`` for a bad frame or noise (that request never
-    reached the model), or :attr:`failure` when the model pass itself raised for the whole batch.
+    reached the model) or for a sampled action that is not finite (NaN or infinite: it is never
+    returned), or :attr:`failure` when the model pass itself raised for the whole batch.
     ``batch_size`` counts the requests that reached the model. Times are for the whole batch:
     ``vision_ms`` from the start through the tower pass (noise, validation, resize, tower),
     ``sample_ms`` from there through sampling, ``total_ms`` both.
@@ -242,6 +246,8 @@ class PolicyEngine:
             raise ValueError(f"noise must have shape ({H}, {ACTION_DIM}), got {arr.shape}")
         if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
             raise ValueError("noise must be finite floating-point values")
+        if np.abs(arr).max() > MAX_NOISE_ABS:
+            raise ValueError(f"noise values must be within +-{MAX_NOISE_ABS:g}")
         return torch.from_numpy(arr.astype(np.float32))
 
     @property
@@ -362,6 +368,11 @@ class PolicyEngine:
                         errors[i] = exc
                 else:
                     for (i, _, _), action in zip(ready, sampled, strict=True):
+                        if not np.isfinite(action).all():
+                            errors[i] = ValueError(
+                                "the sampled actions are not finite (NaN or infinite); try a smaller cfg_scale or noise"
+                            )
+                            continue
                         actions[i] = action
                         requests[i].history.predictions += 1
             t2 = time.perf_counter()

@@ -12,6 +12,9 @@ from collections import deque
 
 import torch
 
+MAX_CFG_SCALE = 100.0
+"""The largest CFG scale magnitude: guidance far beyond it only drives the sampler to overflow."""
+
 
 class FrameHistory:
     """The vision features of the last ``context_length`` frames (oldest first) of one stream of
@@ -19,7 +22,7 @@ class FrameHistory:
 
     ``features`` holds one ``(P, D)`` tensor per frame (the tower's tokens). ``game_id`` /
     ``game_name`` are the game the conditional branch sees (``None``: a checkpoint without games);
-    ``cfg_scale`` 1.0 is no guidance. ``generator`` draws the initial noise when a request brings
+    ``cfg_scale`` 1.0 is no guidance, and its magnitude is at most :data:`MAX_CFG_SCALE`. ``generator`` draws the initial noise when a request brings
     none (``None``: torch's global generator); it is seeded from ``seed`` and is not reset by
     :meth:`clear`. ``predictions`` counts the predictions made for this history.
     """
@@ -49,10 +52,15 @@ class FrameHistory:
 
     @cfg_scale.setter
     def cfg_scale(self, value: float) -> None:
+        self._cfg_scale = self.check_cfg_scale(value)
+
+    @staticmethod
+    def check_cfg_scale(value: float) -> float:
+        """``value`` as a float if it is a valid CFG scale (finite, magnitude at most :data:`MAX_CFG_SCALE`)."""
         scale = float(value)
-        if not math.isfinite(scale):
-            raise ValueError(f"cfg_scale must be a finite number, got {value}")
-        self._cfg_scale = scale
+        if not math.isfinite(scale) or abs(scale) > MAX_CFG_SCALE:
+            raise ValueError(f"cfg_scale must be a finite number from -{MAX_CFG_SCALE:g} to {MAX_CFG_SCALE:g}")
+        return scale
 
     @property
     def context_length(self) -> int:

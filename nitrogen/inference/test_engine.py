@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nitrogen import InferenceSession
-from nitrogen.inference.engine import FrameRequest, PolicyEngine, checkpoint_name
-from nitrogen.inference.history import FrameHistory
+from nitrogen.inference.engine import MAX_NOISE_ABS, FrameRequest, PolicyEngine, checkpoint_name
+from nitrogen.inference.history import MAX_CFG_SCALE, FrameHistory
 from nitrogen.inference.preprocessing import to_pixels
 from nitrogen.policy import PolicySpec
 
@@ -100,6 +100,52 @@ def test_frame_history_settings():
         history.cfg_scale = float("inf")
     with pytest.raises(ValueError, match="at least 1 frame"):
         FrameHistory(0)
+
+
+def test_cfg_scale_and_noise_are_bounded(engine, frames):
+    for scale in (MAX_CFG_SCALE, -MAX_CFG_SCALE, 0.0):
+        assert FrameHistory(1, cfg_scale=scale).cfg_scale == scale
+    for scale in (MAX_CFG_SCALE * 1.01, -1e308, float("nan")):
+        with pytest.raises(ValueError, match="cfg_scale must be a finite number from -100 to 100"):
+            FrameHistory(1, cfg_scale=scale)
+    with pytest.raises(ValueError, match="cfg_scale"):
+        InferenceSession(engine, cfg_scale=1e308)
+    history = FrameHistory(1)
+    huge = np.full((18, 25), 3e38, np.float32)  # finite, but far past any draw of the sampler's noise
+    result = engine.predict_batch([FrameRequest(history, frames[0], huge)])
+    assert result.actions == [None] and "noise values must be within" in str(result.errors[0])
+    assert len(history) == 0
+    edge = np.full((18, 25), MAX_NOISE_ABS, np.float32)
+    assert engine.predict_batch([FrameRequest(FrameHistory(1), frames[0], edge)]).errors[0] is None
+
+
+class _UnboundedGuidance(FrameHistory):
+    """A history whose CFG scale skips the bound, to drive the sampler past float32."""
+
+    @property
+    def cfg_scale(self) -> float:
+        return 1e30
+
+    @cfg_scale.setter
+    def cfg_scale(self, value: float) -> None:
+        pass
+
+
+def test_non_finite_actions_are_an_error_never_a_result(golden_dir):
+    engine = PolicyEngine.from_checkpoint(golden_dir / "two_frames_cfg_sinusoidal.pt", device="cpu")
+    z = np.load(golden_dir / "two_frames_cfg_sinusoidal.npz")
+    overflowing, fine = _UnboundedGuidance(2), FrameHistory(2, cfg_scale=2.0)
+    for i in range(2):  # with two frames the guided branches differ, and a scale of 1e30 overflows
+        result = engine.predict_batch(
+            [
+                FrameRequest(overflowing, z[f"image_{i}"], z["noise_1"]),
+                FrameRequest(fine, z[f"image_{i}"], z["noise_1"]),
+            ]
+        )
+    assert result.actions[0] is None and "not finite" in str(result.errors[0])
+    assert result.errors[1] is None and np.isfinite(result.actions[1]).all()
+    np.testing.assert_allclose(result.actions[1], z["action_tensor_1"], atol=1e-4)
+    assert overflowing.predictions == 1 and fine.predictions == 2
 
 
 def test_info_has_everything_a_policy_spec_reads(engine):

@@ -12,9 +12,16 @@ A frame is checked here, once, before it is sent (the server's engine checks it 
 the reply's ``pred.action_tensor`` is decoded with :meth:`ActionChunk.from_action_tensor`.
 
 Requests are retried with the "lazy pirate" pattern: wait ``timeout_s`` for a reply, then drop the
-socket, open a fresh one and send again, ``retries`` times in all. The socket keeps one routing id
-for its whole life, so a server that sets ``ZMQ_ROUTER_HANDOVER`` keeps this client's session
-(its frame history) across those reconnects.
+socket, open a fresh one after a short pause and send again, ``retries`` times in all. Every socket
+keeps one routing id (``client_id``) for the client's whole life. The client's session on the
+server (its frame history, game and CFG scale) follows a secret ``token`` of 16 random bytes that
+the client makes once and sends with every request, so it survives those reconnects, while no
+other socket, even one that presents the same routing id, can read, reset or steer it. The pause
+lets the server see the old connection close: a server that keeps ``ZMQ_ROUTER_HANDOVER`` off
+never delivers a second connection's messages while the first holds the routing id.
+
+A reply is checked before it is returned: an error reply, a malformed one, or an action tensor
+that is not finite (NaN or infinite) raises :class:`ServerError`.
 
 The socket is a DEALER that frames each message exactly as a REQ socket does (an empty delimiter
 frame, then the payload), so servers see ordinary REQ traffic; unlike REQ it can skip a late reply
@@ -23,6 +30,7 @@ to an earlier attempt (matched by the request ``id``) and keep waiting for the r
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import uuid
@@ -34,11 +42,13 @@ import zmq
 from ..inference.preprocessing import as_rgb_frame
 from ..policy import ActionChunk, PolicySpec
 from .keys import ClientCurve
-from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, ProtocolError, decode, encode
+from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, REPLY_LIMITS, ProtocolError, decode, encode
 
 __all__ = ["DEFAULT_ADDRESS", "ModelClient", "ServerError"]
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+_RECONNECT_PAUSE_S = 0.05
+"""How long a retry waits between closing its old socket and connecting a fresh one."""
 
 
 class ServerError(RuntimeError):
@@ -73,6 +83,7 @@ class ModelClient:
         self.timeout_s = float(timeout_s)
         self.retries = retries
         self.client_id = client_id
+        self._token = secrets.token_bytes(16)  # the session's secret: never shown, never logged
         self._curve = curve
         self._spec: PolicySpec | None = None
         self._next_id = 0
@@ -106,6 +117,8 @@ class ModelClient:
         tensor = pred.get("action_tensor") if isinstance(pred, dict) else None
         if not isinstance(tensor, np.ndarray):
             raise ServerError("the server's predict reply has no 'pred.action_tensor' array")
+        if tensor.dtype.kind not in "biuf" or not np.isfinite(tensor).all():
+            raise ServerError("the server sent an action tensor that is not finite numbers (NaN or infinite)")
         timing = {"roundtrip_ms": roundtrip_ms}
         for key in ("server_ms", "queue_ms"):
             value = reply.get(key)
@@ -207,10 +220,11 @@ class ModelClient:
                 raise RuntimeError("this ModelClient is closed")
             self._next_id += 1
             request_id = self._next_id
-            payload = encode({"v": PROTOCOL_VERSION, "type": kind, "id": request_id, **fields})
+            payload = encode({"v": PROTOCOL_VERSION, "type": kind, "id": request_id, "token": self._token, **fields})
             for attempt in range(self.retries):
                 if attempt:  # lazy pirate: a fresh socket, same routing id, same request
                     self._close_socket()
+                    time.sleep(_RECONNECT_PAUSE_S)
                     self._open_socket()
                 assert self._socket is not None
                 try:
@@ -224,6 +238,7 @@ class ModelClient:
                     return _check_reply(reply), roundtrip_ms
             # The socket may hold a half-sent request; start clean for the next call.
             self._close_socket()
+            time.sleep(_RECONNECT_PAUSE_S)
             self._open_socket()
         secure = " (CURVE is on: is this client's public key in the server's allow-list?)" if self._curve else ""
         raise TimeoutError(
@@ -240,7 +255,7 @@ class ModelClient:
                 return None
             frames = self._socket.recv_multipart()
             try:
-                reply = decode(frames[-1])
+                reply = decode(frames[-1], MAX_MESSAGE_BYTES, REPLY_LIMITS)
             except ProtocolError as exc:
                 raise ServerError(f"undecodable reply from {self.address}: {exc}") from None
             reply_id = reply.get("id")

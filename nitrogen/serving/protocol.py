@@ -6,7 +6,9 @@ Every message is one msgpack map. Arrays travel as ``{"__nd__": 1, "dtype": str,
 "data": bytes}``; only the dtypes in :data:`ALLOWED_DTYPES` decode, object arrays never, and an
 array's shape must account for its bytes exactly before it is viewed. A request::
 
-    {"v": 1, "type": "predict" | "reset" | "info" | "ping", "id": any,
+    {"v": 1, "type": "predict" | "reset" | "info" | "ping",
+     "id": int | str,                                   # optional, echoed in the reply (str: at most 64 characters)
+     "token": bytes,                                    # optional, 16..64 bytes: the client's session secret
      "frame": uint8 (H, W, 3),                          # predict only
      "noise": float32 (H, 25), "seed": int,             # optional, for reproducible sampling
      "game": str | int, "cfg_scale": float}             # optional per-session overrides
@@ -21,11 +23,19 @@ Only wire-level checks live here: message structure, field types, the dtype allo
 budgets (:data:`MAX_FRAME_SIDE` is the one limit of :mod:`nitrogen.inference.preprocessing`). What a
 frame must be (uint8 RGB, non-empty) is checked once per side by
 :func:`~nitrogen.inference.preprocessing.as_rgb_frame`: in the client before sending, in the
-server's engine before the tower.
+server's engine before the tower. The bounds on ``cfg_scale`` and on the noise are the engine's.
+
+Decoding has a bounded cost (:class:`DecodeLimits`): a request may hold at most
+``max_containers`` maps and lists in all, each of at most ``max_items`` entries, and strings of at
+most ``max_str_len`` characters; no extension types. So a message of many small containers is
+refused after a few hundred objects instead of being built whole. Error messages never quote what
+the sender sent (they name types, sizes and limits) and are cut to :data:`MAX_ERROR_CHARS`.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -36,15 +46,23 @@ from ..inference.preprocessing import MAX_FRAME_SIDE
 __all__ = [
     "ALLOWED_DTYPES",
     "MAX_ARRAY_DIMS",
+    "MAX_ERROR_CHARS",
     "MAX_FRAME_SIDE",
+    "MAX_ID_CHARS",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
+    "REPLY_LIMITS",
+    "REQUEST_LIMITS",
     "REQUEST_TYPES",
+    "TOKEN_BYTES",
+    "DecodeLimits",
     "ProtocolError",
     "decode",
+    "describe",
     "encode",
     "error",
     "ok",
+    "request_id",
     "validate_request",
 ]
 
@@ -52,13 +70,53 @@ PROTOCOL_VERSION = 1
 REQUEST_TYPES = ("predict", "reset", "info", "ping")
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool"})
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-"""Refused by ZeroMQ itself (``ZMQ_MAXMSGSIZE``) before it reaches the decoder."""
+"""The most bytes one message may hold, all of its frames together. ZeroMQ refuses a bigger frame
+itself (``ZMQ_MAXMSGSIZE``, which is per frame); the server refuses a bigger multipart message."""
 MAX_ARRAY_DIMS = 4
+MAX_ID_CHARS = 64
+TOKEN_BYTES = (16, 64)
+"""The shortest and longest session token a request may carry."""
+MAX_ERROR_CHARS = 300
+"""Error messages are cut to this length, so an error reply stays far under 1 KB."""
 _ND = "__nd__"
 
 
 class ProtocolError(ValueError):
     """A message that is not a valid request or reply; the text says what is wrong."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one decoded message may hold; a message over any of them is refused while decoding."""
+
+    max_containers: int
+    """Maps and lists in the whole message, nested ones included."""
+    max_items: int
+    """Entries of one map or list."""
+    max_str_len: int
+    """Characters of one string (``bytes`` fields are bounded by the message size alone)."""
+
+
+REQUEST_LIMITS = DecodeLimits(max_containers=64, max_items=64, max_str_len=1024)
+"""A request is a map of a few fields and at most two arrays: far under these."""
+REPLY_LIMITS = DecodeLimits(max_containers=100_000, max_items=100_000, max_str_len=1 << 20)
+"""Replies (an ``info`` map lists every game and the whole checkpoint config) get more room."""
+
+
+def describe(value: Any) -> str:
+    """A short description of a value a peer sent, for error messages, that never quotes its text."""
+    if value is None or isinstance(value, (bool, int, float)):
+        text = repr(value)
+        return text if len(text) <= 24 else f"a {len(text)}-digit {type(value).__name__}"
+    if isinstance(value, str):
+        return f"a {len(value)}-character string"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"{len(value)} bytes"
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype.name} array of shape {value.shape}"
+    return f"a {type(value).__name__}"
 
 
 def _pack_default(obj: Any) -> Any:
@@ -75,24 +133,17 @@ def _pack_default(obj: Any) -> Any:
 def _array_from(spec: dict[Any, Any]) -> np.ndarray:
     dtype, shape, data = spec.get("dtype"), spec.get("shape"), spec.get("data")
     if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
-        raise ProtocolError(f"array dtype {dtype!r} is not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
+        raise ProtocolError(f"array dtype ({describe(dtype)}) is not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
     if not isinstance(shape, list) or len(shape) > MAX_ARRAY_DIMS:
-        raise ProtocolError(f"array shape must be a list of at most {MAX_ARRAY_DIMS} sizes, got {shape!r}")
+        raise ProtocolError(f"array shape must be a list of at most {MAX_ARRAY_DIMS} sizes, got {describe(shape)}")
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_MESSAGE_BYTES for d in shape):
-        raise ProtocolError(f"array shape has an invalid size: {shape!r}")
+        raise ProtocolError(f"array shape must be sizes from 0 to {MAX_MESSAGE_BYTES}")
     if not isinstance(data, bytes):
-        raise ProtocolError("array data must be bytes")
-    itemsize = np.dtype(dtype).itemsize
-    expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+        raise ProtocolError(f"array data must be bytes, got {describe(data)}")
+    expected = math.prod(shape) * np.dtype(dtype).itemsize  # exact: Python integers never wrap
     if expected != len(data):
         raise ProtocolError(f"array of shape {shape} and dtype {dtype} needs {expected} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
-
-
-def _object_hook(obj: dict[Any, Any]) -> Any:
-    if obj.get(_ND) == 1:
-        return _array_from(obj)
-    return obj
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -100,38 +151,83 @@ def encode(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, default=_pack_default, use_bin_type=True)
 
 
-def decode(payload: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
-    """Parse one message, refusing anything that is not a well-formed map."""
-    if len(payload) > max_bytes:
-        raise ProtocolError(f"message of {len(payload)} bytes exceeds the {max_bytes}-byte limit")
+def decode(payload: Any, max_bytes: int = MAX_MESSAGE_BYTES, limits: DecodeLimits = REQUEST_LIMITS) -> dict[str, Any]:
+    """Parse one message (``bytes`` or any buffer), refusing anything that is not a well-formed map.
+
+    The work is bounded by ``limits``: the decoder stops at the first container over the count.
+    """
+    size = memoryview(payload).nbytes
+    if size > max_bytes:
+        raise ProtocolError(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
+    containers = 0
+
+    def counted(obj: Any) -> None:
+        nonlocal containers
+        containers += 1
+        if containers > limits.max_containers:
+            raise ProtocolError(f"a message may hold at most {limits.max_containers} maps and lists")
+
+    def list_hook(obj: list[Any]) -> list[Any]:
+        counted(obj)
+        return obj
+
+    def object_hook(obj: dict[Any, Any]) -> Any:
+        counted(obj)
+        return _array_from(obj) if obj.get(_ND) == 1 else obj
+
     try:
         obj = msgpack.unpackb(
             payload,
-            object_hook=_object_hook,
+            object_hook=object_hook,
+            list_hook=list_hook,
             raw=False,
             strict_map_key=True,
+            max_str_len=limits.max_str_len,
+            max_bin_len=max_bytes,
+            max_array_len=limits.max_items,
+            max_map_len=limits.max_items,
+            max_ext_len=0,
         )
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, RecursionError) as exc:
-        raise ProtocolError(f"not a valid msgpack message ({type(exc).__name__}: {exc})") from None
+        raise ProtocolError(f"not a valid msgpack message within the limits ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
-        raise ProtocolError(f"a message must be a map, got {type(obj).__name__}")
+        raise ProtocolError(f"a message must be a map, got {describe(obj)}")
     return obj
+
+
+def request_id(msg: dict[str, Any]) -> int | str | None:
+    """The request's ``id`` if it may be echoed (an integer, or a string of at most :data:`MAX_ID_CHARS`)."""
+    rid = msg.get("id")
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        return rid
+    if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS:
+        return rid
+    return None
 
 
 def validate_request(msg: dict[str, Any]) -> dict[str, Any]:
     """Check a decoded request's version, type and field types; return it unchanged.
 
     A predict ``frame`` must be an array whose sides fit :data:`MAX_FRAME_SIDE`; its dtype, channels
-    and emptiness are the engine's to check (:func:`~nitrogen.inference.preprocessing.as_rgb_frame`).
+    and emptiness are the engine's to check (:func:`~nitrogen.inference.preprocessing.as_rgb_frame`),
+    and so are the bounds of ``noise`` and ``cfg_scale``.
     """
     version = msg.get("v")
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version!r}; this server speaks {PROTOCOL_VERSION}")
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise ProtocolError(
+            f"unsupported protocol version ({describe(version)}); this server speaks {PROTOCOL_VERSION}"
+        )
     kind = msg.get("type")
     if kind not in REQUEST_TYPES:
-        raise ProtocolError(f"unknown request type {kind!r}; expected one of {list(REQUEST_TYPES)}")
+        raise ProtocolError(f"unknown request type ({describe(kind)}); expected one of {list(REQUEST_TYPES)}")
+    if msg.get("id") is not None and request_id(msg) is None:
+        raise ProtocolError(f"'id' must be an integer or a string of at most {MAX_ID_CHARS} characters")
+    token = msg.get("token")
+    lo, hi = TOKEN_BYTES
+    if token is not None and (not isinstance(token, bytes) or not lo <= len(token) <= hi):
+        raise ProtocolError(f"'token' must be {lo} to {hi} bytes, got {describe(token)}")
     if kind == "predict":
         frame = msg.get("frame")
         if not isinstance(frame, np.ndarray):
@@ -145,7 +241,7 @@ def validate_request(msg: dict[str, Any]) -> dict[str, Any]:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
             raise ProtocolError("'seed' must be a non-negative integer")
     game = msg.get("game")
-    if game is not None and not isinstance(game, (str, int)):
+    if game is not None and (not isinstance(game, (str, int)) or isinstance(game, bool)):
         raise ProtocolError("'game' must be a name or an id")
     cfg = msg.get("cfg_scale")
     if cfg is not None and (not isinstance(cfg, (int, float)) or isinstance(cfg, bool) or not np.isfinite(cfg)):
@@ -158,4 +254,7 @@ def ok(request_id: Any = None, **fields: Any) -> dict[str, Any]:
 
 
 def error(message: str, request_id: Any = None) -> dict[str, Any]:
+    """An error reply; the message is cut to :data:`MAX_ERROR_CHARS`."""
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
     return {"v": PROTOCOL_VERSION, "status": "error", "id": request_id, "error": message}

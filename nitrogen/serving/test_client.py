@@ -217,6 +217,21 @@ def test_lazy_pirate_retries_on_a_fresh_socket_with_the_same_routing_id(
     assert first["frame"].tobytes() == retry["frame"].tobytes() == frame.tobytes()
 
 
+def test_every_request_carries_the_clients_own_session_token(
+    serve: Callable[..., FakeServer], frame: np.ndarray
+) -> None:
+    server = serve(lambda request, n: None if n == 1 else default_handler(request, n))
+    with ModelClient(server.address, timeout_s=0.3, retries=2) as client, ModelClient(server.address) as other:
+        client.ping()
+        client.predict(frame)  # its first attempt is not answered: the retry comes on a fresh socket
+        client.reset()
+        other.ping()
+    tokens = [request["token"] for _, request in server.received]
+    assert len(tokens) == 5 and len(set(tokens[:4])) == 1 and tokens[4] != tokens[0]
+    assert all(isinstance(t, bytes) and len(t) == 16 for t in tokens)
+    assert tokens[0] not in repr(client).encode()
+
+
 def test_explicit_client_id_is_used(serve: Callable[..., FakeServer]) -> None:
     server = serve()
     with ModelClient(server.address, timeout_s=5, client_id=b"rig-7") as client:
@@ -267,6 +282,18 @@ def test_error_reply_raises_server_error(serve: Callable[..., FakeServer], frame
         (
             encode({"v": 1, "status": "ok", "id": 1, "pred": {"action_tensor": np.zeros((4, 3), np.float32)}}),
             "invalid action tensor",
+        ),
+        (
+            encode(
+                {"v": 1, "status": "ok", "id": 1, "pred": {"action_tensor": np.full((HORIZON, 25), np.nan, np.float32)}}
+            ),
+            "not finite",
+        ),
+        (
+            encode(
+                {"v": 1, "status": "ok", "id": 1, "pred": {"action_tensor": np.full((HORIZON, 25), np.inf, np.float16)}}
+            ),
+            "not finite",
         ),
     ],
 )
