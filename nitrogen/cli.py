@@ -199,7 +199,10 @@ def serve(
         bool, typer.Option(help="Accept the original client's pickled messages (restricted unpickler).")
     ] = False,
     stats_interval_s: Annotated[float, typer.Option(help="Seconds between stats log lines.")] = 30.0,
-    max_sessions: Annotated[int, typer.Option(help="Most client sessions kept; the least recently used goes.")] = 256,
+    max_sessions: Annotated[
+        int,
+        typer.Option(help="Most client sessions kept; an idle one may go, an active one never: newcomers are refused."),
+    ] = 256,
     session_ttl_s: Annotated[float, typer.Option(help="Idle seconds before a client session expires.")] = 600.0,
 ) -> None:
     """Serve a checkpoint to game machines over ZeroMQ (msgpack protocol, per-client sessions, batching)."""

@@ -676,7 +676,10 @@ class InferenceServer:
                 if looks_like_pickle(payload.buffer[:3]):
                     legacy = True
                     try:
-                        request = {"v": protocol.PROTOCOL_VERSION, **parse_legacy_request(payload.bytes)}
+                        request = {
+                            "v": protocol.PROTOCOL_VERSION,
+                            **parse_legacy_request(payload.bytes, max_bytes=self.config.max_message_bytes),
+                        }
                     except LegacyPickleError as exc:
                         raise protocol.ProtocolError(str(exc)) from None
             if not legacy:
