@@ -158,15 +158,13 @@ class InferenceServer:
         if cfg.curve_dir is not None:
             from zmq.auth.thread import ThreadAuthenticator
 
-            from .keys import CLIENTS_DIR, load_keypair
+            from .keys import CLIENTS_DIR, load_allow_list, load_keypair
 
             keys = load_keypair(cfg.curve_dir / "server.key_secret")
-            clients = cfg.curve_dir / CLIENTS_DIR
-            if not clients.is_dir():
-                raise FileNotFoundError(f"{clients}: no allow-list of client public keys")
+            allowed = load_allow_list(cfg.curve_dir / CLIENTS_DIR)  # read once; raises naming a bad file
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(clients))
+            self._auth.configure_curve_callback(domain="*", credentials_provider=allowed)
             sock.curve_server = True
             sock.curve_secretkey = keys.secret
             sock.curve_publickey = keys.public
