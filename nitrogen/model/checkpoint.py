@@ -33,6 +33,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections import defaultdict
 from collections.abc import Mapping
@@ -63,6 +64,9 @@ MAX_CONFIG_NODES = 100_000
 """Most values (containers and scalars) in a ``ckpt_config`` or ``game_mapping``."""
 MAX_METADATA_CHARS = 1 << 20
 """Longest JSON text of one safetensors metadata entry."""
+MAX_SAFETENSORS_HEADER = 16 << 20
+"""Largest safetensors JSON header, read before the safetensors library parses it (the released
+model's would be about 70 KB)."""
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 """The dtypes a checkpoint's tensors may have."""
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
@@ -276,6 +280,16 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
     from safetensors import safe_open
 
     where = str(path)
+    try:
+        with open(path, "rb") as raw_file:
+            prefix = raw_file.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    header_bytes = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+    if header_bytes > MAX_SAFETENSORS_HEADER:
+        raise CheckpointError(
+            f"{path}: safetensors header of {header_bytes} bytes is over the limit of {MAX_SAFETENSORS_HEADER}"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

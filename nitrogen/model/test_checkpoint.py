@@ -494,6 +494,10 @@ def test_safetensors_metadata_too_long_or_not_json(tiny_ckpt, tmp_path):
 
 
 def test_safetensors_header_is_checked_before_tensor_data(tiny_ckpt, tmp_path):
+    huge = tmp_path / "huge-header.safetensors"
+    huge.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    with pytest.raises(CheckpointError, match="header of 1099511627776 bytes is over the limit"):
+        read_checkpoint(huge)
     key = "action_decoder.layer2.b"
     header, data = _released_safetensors(tiny_ckpt, tmp_path)
     header[key]["shape"] = [1, 5, 5]  # same bytes, another shape
