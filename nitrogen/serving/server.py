@@ -150,6 +150,10 @@ class InferenceServer:
 
     def _bind(self) -> zmq.Socket:
         cfg = self.config
+        if cfg.curve_dir is not None:  # read once, before any socket opens; raises naming a bad file
+            from .keys import CLIENTS_DIR, load_allow_list
+
+            allowed = load_allow_list(cfg.curve_dir / CLIENTS_DIR)
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
@@ -158,10 +162,9 @@ class InferenceServer:
         if cfg.curve_dir is not None:
             from zmq.auth.thread import ThreadAuthenticator
 
-            from .keys import CLIENTS_DIR, load_allow_list, load_keypair
+            from .keys import load_keypair
 
             keys = load_keypair(cfg.curve_dir / "server.key_secret")
-            allowed = load_allow_list(cfg.curve_dir / CLIENTS_DIR)  # read once; raises naming a bad file
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()
             self._auth.configure_curve_callback(domain="*", credentials_provider=allowed)
