@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import torch
@@ -176,3 +177,19 @@ def test_record_and_eval_run_the_loop_in_either_mode(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert [e["length"] for e in doc["episodes"]] == [20]
+
+
+def test_info_refuses_a_checkpoint_that_does_not_match_its_config(tiny_ckpt, tmp_path):
+    ck = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    ck["model"]["action_decoder.layer2.b"] = torch.zeros(1, 21)
+    torch.save(ck, tmp_path / "mismatch.pt")
+    ck["model"]["action_decoder.layer2.b"] = torch.zeros(1).expand(1, 25)
+    torch.save(ck, tmp_path / "expanded.pt")
+    for name, message in (
+        ("mismatch.pt", r"action_decoder.layer2.b: checkpoint \(1, 21\) vs model \(1, 25\)"),
+        ("expanded.pt", "action_decoder.layer2.b has stride 0"),
+    ):
+        for args in ([], ["--json"]):
+            result = runner.invoke(app, ["info", str(tmp_path / name), *args])
+            assert result.exit_code == 1, result.output
+            assert re.search(message, result.output) and "Traceback" not in result.output

@@ -42,3 +42,48 @@ def test_field_validation_names_the_problem():
         CheckpointConfig.model_validate({"tokenizer_cfg": {"action_horizon": 16}})
     assert ModelConfig().diffusion_model_cfg.is_cross_attention_block(0)
     assert not ModelConfig().diffusion_model_cfg.is_cross_attention_block(1)
+
+
+def test_sizes_have_generous_upper_bounds(released):
+    from nitrogen.model import configuration as c
+
+    # The released model and a config with every size at its bound both validate.
+    CheckpointConfig.model_validate(released)
+    at_limit = json.loads(json.dumps(released))
+    m = at_limit["model_cfg"]
+    m["diffusion_model_cfg"].update(num_layers=c.MAX_LAYERS, max_num_positional_embeddings=c.MAX_POSITIONS)
+    m["vl_self_attention_cfg"].update(num_layers=c.MAX_LAYERS)
+    m.update(
+        num_inference_timesteps=c.MAX_INFERENCE_STEPS,
+        num_timestep_buckets=c.MAX_TIMESTEP_BUCKETS,
+        max_seq_len=c.MAX_POSITIONS,
+        max_num_embodiments=c.MAX_EMBODIMENTS,
+    )
+    at_limit["tokenizer_cfg"]["max_sequence_length"] = c.MAX_VL_TOKENS
+    at_limit["modality_cfg"].update(frame_per_sample=c.MAX_CONTEXT_FRAMES, frame_spacing=c.MAX_FRAME_SPACING)
+    CheckpointConfig.model_validate(at_limit)
+
+    for section, field, value in [
+        ("model_cfg", "num_inference_timesteps", c.MAX_INFERENCE_STEPS + 1),
+        ("model_cfg", "num_timestep_buckets", c.MAX_TIMESTEP_BUCKETS + 1),
+        ("model_cfg", "hidden_size", c.MAX_WIDTH + 1),
+        ("tokenizer_cfg", "max_sequence_length", c.MAX_VL_TOKENS + 1),
+        ("modality_cfg", "frame_per_sample", c.MAX_CONTEXT_FRAMES + 1),
+        ("modality_cfg", "action_shift", c.MAX_HORIZON + 1),
+    ]:
+        bad = json.loads(json.dumps(released))
+        bad[section][field] = value
+        with pytest.raises(ValidationError, match=f"{section}.{field}"):
+            CheckpointConfig.model_validate(bad)
+    with pytest.raises(ValidationError, match="num_layers"):
+        MixerConfig(num_layers=10**6)
+
+
+def test_floats_must_be_finite_and_extra_head_count_is_checked(released):
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValidationError, match="noise_beta_alpha"):
+            ModelConfig(noise_beta_alpha=value)
+    for heads in (0, -1, 10**6, "16", True):
+        with pytest.raises(ValidationError, match="vision_num_heads"):
+            ModelConfig(vision_num_heads=heads)
+    assert ModelConfig(vision_num_heads=4).model_extra == {"vision_num_heads": 4}

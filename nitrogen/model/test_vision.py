@@ -51,3 +51,31 @@ def test_reduced_geometry_is_read_from_the_weights():
     assert (spec.patch_size, spec.image_size, spec.tokens_per_frame) == (64, 256, 16)
     full = spec_from_weights("google/siglip-large-patch16-256", {})
     assert full == KNOWN_ENCODERS["google/siglip-large-patch16-256"]
+
+
+def test_geometry_beyond_bounds_is_a_checkpoint_error():
+    from dataclasses import replace
+
+    from nitrogen.errors import CheckpointError
+    from nitrogen.model.vision import check_spec
+
+    released = KNOWN_ENCODERS["google/siglip2-large-patch16-256"]
+    assert check_spec(released) is released
+    for change, message in [
+        ({"num_layers": 257}, r"num_layers must be an integer in 0\.\.256"),
+        ({"num_heads": 0}, "num_heads must be an integer"),
+        ({"num_heads": 7}, "not divisible by 7"),
+        ({"patch_size": 512}, "patch 512 is larger than its image 256"),
+        ({"patch_size": 1}, "65536 tokens per frame"),
+        ({"image_size": 10**6}, "image_size must be an integer"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            check_spec(replace(released, **change))
+    with pytest.raises(CheckpointError, match="not a square grid"):
+        spec_from_weights(
+            "google/siglip-large-patch16-256",
+            {
+                "vision_encoder.embeddings.patch_embedding.weight": (64, 3, 64, 64),
+                "vision_encoder.embeddings.position_embedding.weight": (15, 64),
+            },
+        )

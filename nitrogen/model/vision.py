@@ -8,6 +8,7 @@ fall back to a config already in the local Hugging Face cache.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -16,10 +17,13 @@ import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from ..errors import CheckpointError, UnknownVisionEncoderError
+from .configuration import MAX_HEADS, MAX_LAYERS, MAX_VL_TOKENS, MAX_WIDTH
 
 log = logging.getLogger(__name__)
 
 PREFIX = "vision_encoder."
+MAX_IMAGE_SIZE = 8192
+"""Largest input side of a tower (the released one takes 256)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ KNOWN_ENCODERS: dict[str, VisionSpec] = {
 }
 
 
+_LAYER_KEY = re.compile(re.escape(PREFIX) + r"encoder\.layers\.(\d{1,9})\.")
+
+
 def _cached_spec(name: str) -> VisionSpec:
     """Read an encoder's config from the local Hugging Face cache, never from the network."""
     try:
@@ -81,7 +88,7 @@ def _cached_spec(name: str) -> VisionSpec:
             f"unknown vision encoder {name!r}: it is not one of the registered encoders ({known}) "
             "and no config for it is in the local Hugging Face cache"
         ) from exc
-    return VisionSpec(
+    spec = VisionSpec(
         hidden_size=cfg.hidden_size,
         num_layers=cfg.num_hidden_layers,
         num_heads=cfg.num_attention_heads,
@@ -91,6 +98,32 @@ def _cached_spec(name: str) -> VisionSpec:
         activation=cfg.hidden_act,
         layer_norm_eps=cfg.layer_norm_eps,
     )
+    check_spec(spec, f"vision tower in the cached config of {name!r}")
+    return spec
+
+
+def check_spec(spec: VisionSpec, what: str = "vision tower") -> VisionSpec:
+    """Refuse a tower geometry beyond the bounds of :mod:`nitrogen.model.configuration`."""
+    bounds = {  # field: (value, smallest, largest)
+        "hidden_size": (spec.hidden_size, 1, MAX_WIDTH),
+        "num_layers": (spec.num_layers, 0, MAX_LAYERS),
+        "num_heads": (spec.num_heads, 1, MAX_HEADS),
+        "mlp_size": (spec.mlp_size, 1, 4 * MAX_WIDTH),
+        "patch_size": (spec.patch_size, 1, MAX_IMAGE_SIZE),
+        "image_size": (spec.image_size, 1, MAX_IMAGE_SIZE),
+    }
+    for field, (value, lowest, highest) in bounds.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+            raise CheckpointError(f"{what}: {field} must be an integer in {lowest}..{highest}, got {value!r}")
+    if spec.hidden_size % spec.num_heads:
+        raise CheckpointError(f"{what}: width {spec.hidden_size} is not divisible by {spec.num_heads} attention heads")
+    if spec.patch_size > spec.image_size:
+        raise CheckpointError(f"{what}: patch {spec.patch_size} is larger than its image {spec.image_size}")
+    if spec.tokens_per_frame > MAX_VL_TOKENS:
+        raise CheckpointError(
+            f"{what}: makes {spec.tokens_per_frame} tokens per frame, over the limit of {MAX_VL_TOKENS}"
+        )
+    return spec
 
 
 def lookup_spec(name: str) -> VisionSpec:
@@ -114,12 +147,15 @@ def spec_from_weights(name: str, shapes: Mapping[str, tuple[int, ...]], reduced_
     fc1_key = PREFIX + "encoder.layers.0.mlp.fc1.weight"
     if patch_key not in shapes or pos_key not in shapes:
         return spec  # the strict key check reports what is missing
+    for key, ndim in ((patch_key, 4), (pos_key, 2), (fc1_key, 2)):
+        if key in shapes and len(shapes[key]) != ndim:
+            raise CheckpointError(f"{key} has shape {tuple(shapes[key])}, expected {ndim} dimensions")
     hidden, _, patch, _ = shapes[patch_key]
     num_positions = shapes[pos_key][0]
-    grid = round(num_positions**0.5)
+    grid = math.isqrt(num_positions)
     if grid * grid != num_positions:
         raise CheckpointError(f"{pos_key} has {num_positions} positions, which is not a square grid of patches")
-    layer_ids = {int(m.group(1)) for k in shapes if (m := re.match(re.escape(PREFIX) + r"encoder\.layers\.(\d+)\.", k))}
+    layer_ids = {int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k))}
     mlp = shapes[fc1_key][0] if fc1_key in shapes else spec.mlp_size
     inferred = replace(
         spec,
@@ -131,9 +167,8 @@ def spec_from_weights(name: str, shapes: Mapping[str, tuple[int, ...]], reduced_
     )
     if inferred.hidden_size != spec.hidden_size:
         heads = reduced_heads or max(1, hidden // spec.head_dim)
-        if hidden % heads:
-            raise CheckpointError(f"vision tower width {hidden} is not divisible by {heads} attention heads")
         inferred = replace(inferred, num_heads=heads)
+    check_spec(inferred)
     if inferred != spec:
         log.info("vision tower of %r has a non-standard geometry in this checkpoint: %s", name, inferred)
     return inferred

@@ -7,15 +7,23 @@ Layout written by :func:`generate_keys`::
     <directory>/clients/client-<i>.key          public keys the server accepts: its allow-list
     <directory>/client_secrets/client-<i>.key_secret   each client's secret key (0600)
 
-The server points its authenticator at ``clients/`` (``configure_curve(location=...)``), which
-therefore holds public keys only. Files are written with :func:`nitrogen.atomic.atomic_path`, in
+``clients/`` holds public keys only. Files are written with :func:`nitrogen.atomic.atomic_path`, in
 pyzmq's certificate format, each with its mode set before it appears under its name. Needs pyzmq,
 never torch.
+
+The allow-list is read once, when the server starts (:func:`load_allow_list`): every ``*.key`` file
+in ``clients/`` must hold a valid public key, or the server refuses to start and names the file (a
+single junk file would otherwise leave the authenticator with no keys at all, so that every client
+goes unanswered). An empty allow-list starts, with a warning, and admits no one. The validated keys
+are handed to the authenticator as an in-memory :class:`AllowList` (``configure_curve_callback``);
+the authenticator never reads the folder itself. Changes to ``clients/`` take effect at the next
+start: add or remove a key file, then restart the server (there is no reload on SIGHUP).
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -28,13 +36,17 @@ from zmq.utils import z85
 from ..atomic import atomic_path
 
 __all__ = [
+    "AllowList",
     "ClientCurve",
     "CurveKeys",
     "KeyPaths",
     "generate_keys",
+    "load_allow_list",
     "load_keypair",
     "load_public",
 ]
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "server"
 CLIENTS_DIR = "clients"
@@ -42,6 +54,7 @@ CLIENT_SECRETS_DIR = "client_secrets"
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _Z85_KEY_LEN = 40  # a 32-byte CURVE key in Z85 text
+_MAX_CERTIFICATE_BYTES = 64 * 1024  # a certificate is ~300 bytes; anything far bigger is not one
 _SECRET_MODE = 0o600
 _PUBLIC_MODE = 0o644
 
@@ -170,6 +183,9 @@ def _read_certificate(path: StrPath) -> tuple[bytes, bytes | None]:
     if not os.path.isfile(path):
         raise ValueError(f"key file {path} does not exist or is not a file")
     try:
+        size = os.path.getsize(path)
+        if size > _MAX_CERTIFICATE_BYTES:
+            raise ValueError(f"{size} bytes is too large for a certificate (at most {_MAX_CERTIFICATE_BYTES})")
         return zmq.auth.load_certificate(path)
     except (OSError, ValueError, IndexError) as exc:
         raise ValueError(f"cannot read key file {path}: {exc}") from None
@@ -191,3 +207,50 @@ def load_keypair(secret_file: StrPath) -> CurveKeys:
     if zmq.curve_public(secret) != public:
         raise ValueError(f"key file {secret_file}: the public key does not match the secret key")
     return CurveKeys(public=public, secret=secret)
+
+
+class AllowList:
+    """The client public keys a server accepts, as pyzmq's CURVE credentials provider.
+
+    Pass it to ``ThreadAuthenticator.configure_curve_callback(domain="*", credentials_provider=...)``.
+    The set is fixed when it is made: the folder it came from is not watched.
+    """
+
+    def __init__(self, keys: frozenset[bytes]):
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's hook: ``key`` is the connecting client's public key in Z85."""
+        return key in self.keys
+
+
+def load_allow_list(directory: StrPath) -> AllowList:
+    """Read and validate every client public key (``*.key``) in the allow-list folder ``directory``.
+
+    Raises :class:`ValueError` naming the first file that is not a readable certificate with a
+    40-character Z85 public key (it would otherwise shut out every client), and
+    :class:`FileNotFoundError` if ``directory`` is not a folder. Logs a warning when the folder holds
+    no key: the server then starts but admits no client. Read once; see the module docstring.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root}: no allow-list of client public keys (expected a folder of *{PUBLIC_SUFFIX} files)"
+        )
+    keys: set[bytes] = set()
+    for file in sorted(root.glob(f"*{PUBLIC_SUFFIX}")):
+        try:
+            public = load_public(file)
+        except ValueError as exc:
+            raise ValueError(f"CURVE allow-list {root}: refusing to start: {exc}") from None
+        keys.add(z85.encode(z85.decode(public)))  # canonical form, as the authenticator presents it
+    if not keys:
+        log.warning(
+            "CURVE allow-list %s holds no client public key (*%s): no client can connect; add keys and restart",
+            root,
+            PUBLIC_SUFFIX,
+        )
+    return AllowList(frozenset(keys))

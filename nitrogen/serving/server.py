@@ -341,6 +341,10 @@ class InferenceServer:
 
     def _bind(self) -> zmq.Socket:
         cfg = self.config
+        if cfg.curve_dir is not None:  # read once, before any socket opens; raises naming a bad file
+            from .keys import CLIENTS_DIR, load_allow_list
+
+            allowed = load_allow_list(cfg.curve_dir / CLIENTS_DIR)
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
@@ -349,15 +353,12 @@ class InferenceServer:
         if cfg.curve_dir is not None:
             from zmq.auth.thread import ThreadAuthenticator
 
-            from .keys import CLIENTS_DIR, load_keypair
+            from .keys import load_keypair
 
             keys = load_keypair(cfg.curve_dir / "server.key_secret")
-            clients = cfg.curve_dir / CLIENTS_DIR
-            if not clients.is_dir():
-                raise FileNotFoundError(f"{clients}: no allow-list of client public keys")
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(clients))
+            self._auth.configure_curve_callback(domain="*", credentials_provider=allowed)
             sock.curve_server = True
             sock.curve_secretkey = keys.secret
             sock.curve_publickey = keys.public

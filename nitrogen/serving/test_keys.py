@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
@@ -11,7 +12,14 @@ import pytest
 import zmq
 import zmq.auth
 
-from nitrogen.serving.keys import ClientCurve, CurveKeys, generate_keys, load_keypair, load_public
+from nitrogen.serving.keys import (
+    ClientCurve,
+    CurveKeys,
+    generate_keys,
+    load_allow_list,
+    load_keypair,
+    load_public,
+)
 
 
 def test_generate_layout_and_load(tmp_path: Path) -> None:
@@ -119,3 +127,107 @@ def test_files_are_pyzmq_certificates_and_public_ones_are_readable(tmp_path: Pat
     allowed = zmq.auth.load_certificates(str(paths.clients_dir))  # what the server's authenticator reads
     assert set(allowed) == {load_keypair(p).public for p in paths.client_secret}
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_allow_list_reads_every_key_and_names_a_bad_file(tmp_path: Path) -> None:
+    paths = generate_keys(tmp_path, clients=3)
+    allowed = load_allow_list(paths.clients_dir)
+    assert allowed.keys == {load_keypair(p).public for p in paths.client_secret}
+    assert len(allowed) == 3
+    client = load_keypair(paths.client_secret[0]).public
+    assert allowed.callback("*", client) is True
+    assert allowed.callback("*", load_public(paths.server_public)) is False
+
+    # Each kind of junk refuses the whole list, naming the file (sorted last, so the good ones were read first).
+    junk = {
+        "words": "this is not a certificate\n",
+        "short": 'curve\n    public-key = "abc"\n',
+        "bad-z85": 'curve\n    public-key = "' + "~" * 40 + '"\n',
+        "binary": "\x00\xff" * 100,
+        "no-equals": "curve\n    public-key\n",
+        "huge": 'curve\n    public-key = "' + "a" * 200_000 + '"\n',
+    }
+    for name, text in junk.items():
+        bad = paths.clients_dir / f"zz-{name}.key"
+        bad.write_text(text, encoding="latin-1")
+        with pytest.raises(ValueError, match=f"refusing to start.*zz-{name}.key"):
+            load_allow_list(paths.clients_dir)
+        bad.unlink()
+    (paths.clients_dir / "zz-folder.key").mkdir()
+    with pytest.raises(ValueError, match="zz-folder.key"):
+        load_allow_list(paths.clients_dir)
+    (paths.clients_dir / "zz-folder.key").rmdir()
+
+    # Files that are not *.key are not part of the allow-list (as for pyzmq's own loader).
+    (paths.clients_dir / "README.txt").write_text("notes")
+    assert load_allow_list(paths.clients_dir).keys == allowed.keys
+    with pytest.raises(FileNotFoundError, match="no allow-list"):
+        load_allow_list(tmp_path / "nowhere")
+
+
+def test_empty_allow_list_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = generate_keys(tmp_path, clients=0)
+    with caplog.at_level(logging.WARNING, logger="nitrogen.serving.keys"):
+        allowed = load_allow_list(paths.clients_dir)
+    assert len(allowed) == 0 and allowed.callback("*", b"x" * 40) is False
+    assert any("no client can connect" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+# A real server on loopback: the allow-list decides who is answered.
+
+
+@pytest.fixture(scope="module")
+def engine(golden_dir: Path):
+    from nitrogen.inference.engine import PolicyEngine
+
+    return PolicyEngine.from_checkpoint(golden_dir / "released_layout.pt", device="cpu")
+
+
+def _curve_server(engine, curve_dir: Path):
+    from nitrogen.serving.server import InferenceServer, ServerConfig
+
+    return InferenceServer(engine, ServerConfig(port=0, batch_wait_ms=0, curve_dir=curve_dir))
+
+
+# The server re-raises a bind error in its I/O thread after handing it to start(); pytest reports that too.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_server_refuses_to_start_on_a_junk_key_and_names_it(engine, tmp_path: Path) -> None:
+    paths = generate_keys(tmp_path / "keys", clients=2)
+    (paths.clients_dir / "typo.key").write_text("pasted the wrong thing\n")
+    server = _curve_server(engine, paths.directory)
+    with pytest.raises(ValueError, match=r"typo\.key"):
+        server.start()
+    assert server.address is None  # never bound
+
+
+def test_server_answers_every_listed_key_and_warns_on_empty_list(
+    engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nitrogen.serving.client import ModelClient
+
+    paths = generate_keys(tmp_path / "keys", clients=2)
+    (paths.clients_dir / "notes.txt").write_text("not a key file, ignored")
+    second = ClientCurve.from_files(paths.client_secret[1], paths.server_public)
+    with _curve_server(engine, paths.directory) as srv:
+        for secret in paths.client_secret:
+            with ModelClient(srv.address, curve=ClientCurve.from_files(secret, paths.server_public), timeout_s=10) as c:
+                assert c.ping() >= 0.0
+        # Keys are read at start: a key removed while the server runs is still admitted ...
+        paths.client_public[1].unlink()
+        with ModelClient(srv.address, curve=second, timeout_s=10) as c:
+            assert c.ping() >= 0.0
+    # ... until the restart, which refuses it.
+    with (
+        _curve_server(engine, paths.directory) as srv,
+        ModelClient(srv.address, curve=second, timeout_s=0.5, retries=1) as c,
+        pytest.raises(TimeoutError),
+    ):
+        c.ping()
+
+    empty = generate_keys(tmp_path / "empty", clients=0)
+    with (
+        caplog.at_level(logging.WARNING, logger="nitrogen.serving.keys"),
+        _curve_server(engine, empty.directory) as srv,
+    ):
+        assert srv.address is not None
+    assert any("no client can connect" in r.getMessage() for r in caplog.records)
