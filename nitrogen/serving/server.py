@@ -341,11 +341,23 @@ class InferenceServer:
 
     def _bind(self) -> zmq.Socket:
         cfg = self.config
+        allowed = keys = None
         if cfg.curve_dir is not None:  # read once, before any socket opens; raises naming a bad file
             from .keys import CLIENTS_DIR, load_allow_list
 
             allowed = load_allow_list(cfg.curve_dir / CLIENTS_DIR)
+            from .keys import load_keypair
+
+            keys = load_keypair(cfg.curve_dir / "server.key_secret")  # a bad key fails before any socket
         sock = self._ctx.socket(zmq.ROUTER)
+        try:
+            return self._setup(sock, allowed, keys)
+        except BaseException:
+            sock.close(linger=0)  # a refused start leaves no socket behind
+            raise
+
+    def _setup(self, sock: zmq.Socket, allowed: Any, keys: Any) -> zmq.Socket:
+        cfg = self.config
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         self._configure(sock)
@@ -353,9 +365,6 @@ class InferenceServer:
         if cfg.curve_dir is not None:
             from zmq.auth.thread import ThreadAuthenticator
 
-            from .keys import load_keypair
-
-            keys = load_keypair(cfg.curve_dir / "server.key_secret")
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()
             self._auth.configure_curve_callback(domain="*", credentials_provider=allowed)
