@@ -556,6 +556,67 @@ def record_command(
     )
 
 
+data_app = typer.Typer(help="Datasets: import the released NitroGen dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("import-nitrogen")
+def import_nitrogen_command(
+    actions: Annotated[Path, typer.Argument(help="The release's actions/ folder, one shard folder, or a .tar.gz shard.")],
+    videos: Annotated[Path, typer.Option(help="Folder of the downloaded videos, <video_id>.mp4|webm|mkv.")],
+    out: Annotated[Path, typer.Option(help="Output: OUT/data/*.parquet (the fine-tuning schema) and OUT/import.json.")],
+    video_map: Annotated[
+        Path | None, typer.Option(help="JSON {video_id: file name under --videos} for other names.")
+    ] = None,
+    processed: Annotated[bool, typer.Option(help="Read actions_processed.parquet instead of actions_raw.")] = False,
+    drop_idle: Annotated[bool, typer.Option(help="Remove runs of idle rows (no button, sticks centred).")] = False,
+    idle_min_run: Annotated[int, typer.Option(help="Shortest idle run removed, in 60 Hz rows.", min=1)] = 60,
+    games: Annotated[list[str] | None, typer.Option(help="Import only these games (repeatable).")] = None,
+    workers: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = 1,
+) -> None:
+    """Turn the released NitroGen dataset and your downloads of its videos into fine-tuning data."""
+    from pydantic import ValidationError
+
+    from .data.nitrogen_import import ImportConfig, import_nitrogen
+
+    try:
+        config = ImportConfig(
+            actions=actions,
+            videos=videos,
+            out=out,
+            video_map=video_map,
+            processed=processed,
+            drop_idle=drop_idle,
+            idle_min_run=idle_min_run,
+            games=games or None,
+            workers=workers,
+        )
+    except ValidationError as exc:
+        _fail(ValueError("; ".join(e["msg"] for e in exc.errors())))
+
+    def progress(report: dict[str, Any]) -> None:
+        speed = report["this_run"].get("rows_per_s")
+        console.print(
+            f"{report['chunks_imported']} chunks imported, {report['chunks_skipped']} skipped, "
+            f"{report['rows_written']} rows" + (f" ({speed:g} rows/s)" if speed else "")
+        )
+
+    try:
+        report = import_nitrogen(config, progress=progress)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    for key, reason in report["skipped"].items():
+        console.print(f"skipped {key}: {reason}", markup=False)
+    run = report["this_run"]
+    console.print(
+        f"{report['chunks_imported']} chunks imported ({run['chunks_already_done']} from an earlier run), "
+        f"{report['chunks_skipped']} skipped; {report['rows_written']} rows written, "
+        f"idle share {100 * report['idle_share']:.1f}%, games {report['games']}; "
+        f"decoding {run['decode_frames_per_s_per_worker']} frames/s per worker -> {out / 'import.json'}",
+        markup=False,
+    )
+
+
 @app.command("eval")
 def eval_command(
     env: Annotated[str, typer.Option(help="Games, comma-separated: ale:Freeway,ale:Gopher")],
