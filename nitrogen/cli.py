@@ -34,7 +34,9 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="A .pt (released format) or .safetensors checkpoint.")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="A .pt (released format) or .safetensors checkpoint, or hf://OWNER/REPO[/FILE][@REV].")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
 ) -> None:
     """Show a checkpoint's config, parameter counts, game mapping and action layout."""
@@ -52,6 +54,7 @@ def info(
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in raw.state_dict.values()})
     doc = {
         "checkpoint": str(checkpoint),
+        "file": str(raw.path),
         "tensors": len(shapes),
         "parameters": total,
         "dtypes": dtypes,
@@ -137,7 +140,7 @@ def info(
 
 @app.command()
 def convert(
-    checkpoint: Annotated[Path, typer.Argument(help="Source checkpoint, .pt or .safetensors.")],
+    checkpoint: Annotated[str, typer.Argument(help="Source checkpoint, .pt or .safetensors, or hf://OWNER/REPO[/FILE].")],
     out: Annotated[Path, typer.Argument(help="Destination; its suffix (.pt or .safetensors) picks the format.")],
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
@@ -146,7 +149,7 @@ def convert(
 
     if out.exists() and not force:
         _fail(FileExistsError(f"{out} exists; pass --force to overwrite it"))
-    if out.resolve() == checkpoint.resolve():
+    if not checkpoint.startswith("hf://") and out.resolve() == Path(checkpoint).resolve():
         _fail(ValueError("source and destination are the same file"))
     try:
         written = convert_checkpoint(checkpoint, out)
@@ -180,7 +183,9 @@ def keys_generate(
 
 @app.command()
 def serve(
-    checkpoint: Annotated[Path, typer.Argument(help="A .pt (released format) or .safetensors checkpoint.")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="A .pt (released format) or .safetensors checkpoint, or hf://OWNER/REPO[/FILE][@REV].")
+    ],
     host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs CURVE or --insecure.")] = (
         "127.0.0.1"
     ),
@@ -265,7 +270,9 @@ def play_command(
     pid: Annotated[int | None, typer.Option(help="Desktop game by process id.")] = None,
     server: Annotated[str | None, typer.Option(help="Policy server address, tcp://HOST:PORT.")] = None,
     port: Annotated[int | None, typer.Option(help="Shorthand for --server tcp://127.0.0.1:PORT.")] = None,
-    ckpt: Annotated[Path | None, typer.Option(help="Run the policy in-process from this checkpoint.")] = None,
+    ckpt: Annotated[
+        str | None, typer.Option(help="Run the policy in-process from this checkpoint (a file or hf://OWNER/REPO).")
+    ] = None,
     replay: Annotated[
         Path | None, typer.Option(help="Replay a run folder (or its actions.jsonl) instead of a model.")
     ] = None,
