@@ -22,6 +22,12 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+BUTTON_ORDER_HELP = (
+    "The checkpoint's order of its 21 button dims: alphabetical (the released code's, default) or grouped "
+    "(the original repository's issue #43); see README 'Button order'."
+)
+
+
 def _check_mode(mode: str) -> None:
     if mode not in ("sync", "async"):
         _fail(ValueError(f"--mode must be sync or async, got {mode!r}"))
@@ -209,6 +215,7 @@ def serve(
         typer.Option(help="Most client sessions kept; an idle one may go, an active one never: newcomers are refused."),
     ] = 256,
     session_ttl_s: Annotated[float, typer.Option(help="Idle seconds before a client session expires.")] = 600.0,
+    button_order: Annotated[str, typer.Option(help=BUTTON_ORDER_HELP)] = "alphabetical",
 ) -> None:
     """Serve a checkpoint to game machines over ZeroMQ (msgpack protocol, per-client sessions, batching)."""
     import logging
@@ -240,7 +247,9 @@ def serve(
     except ValidationError as exc:
         _fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
     try:
-        engine = PolicyEngine.from_checkpoint(checkpoint, device=device, dtype=dtype, num_steps=steps)
+        engine = PolicyEngine.from_checkpoint(
+            checkpoint, device=device, dtype=dtype, num_steps=steps, button_order=button_order
+        )
         server = InferenceServer(engine, config).start()
     except (NitrogenError, ValueError, OSError) as exc:
         _fail(exc)
@@ -303,6 +312,7 @@ def play_command(
     device: Annotated[str | None, typer.Option(help="For --ckpt: cuda, cpu, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="For --ckpt: float32 or bfloat16 weights.")] = None,
     game: Annotated[str | None, typer.Option(help="For --ckpt: the game to condition on, by name or id.")] = None,
+    button_order: Annotated[str | None, typer.Option(help="For --ckpt: " + BUTTON_ORDER_HELP)] = None,
 ) -> None:
     """Let the agent play a game through a virtual gamepad, and record the run.
 
@@ -345,7 +355,9 @@ def play_command(
     else:
         source = f"server:{server or f'tcp://127.0.0.1:{port}'}"
     try:
-        policy = make_policy(source, seed=seed, device=device, dtype=dtype, game=game, num_steps=steps)
+        policy = make_policy(
+            source, seed=seed, device=device, dtype=dtype, game=game, num_steps=steps, button_order=button_order
+        )
         if env is not None:
             from .envs import make_env
 
@@ -453,6 +465,7 @@ def finetune(
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.")] = False,
+    button_order: Annotated[str, typer.Option(help=BUTTON_ORDER_HELP)] = "alphabetical",
 ) -> None:
     """Fine-tune a checkpoint on a gameplay dataset, with LoRA or fully (also under `accelerate launch`)."""
     from pydantic import ValidationError
@@ -474,6 +487,7 @@ def finetune(
             skip_bad=skip_bad,
             cache_dir=cache_dir,
             image_root=image_root,
+            button_order=button_order,
         )
     except (NitrogenError, CorruptRowError, ValidationError, ValueError, OSError, KeyError) as exc:
         _fail(exc)
@@ -642,6 +656,7 @@ def eval_command(
     mode: Annotated[
         str, typer.Option(help="sync (scores the policy alone) or async (the game keeps its clock while it thinks).")
     ] = "sync",
+    button_order: Annotated[str | None, typer.Option(help="For ckpt: policies: " + BUTTON_ORDER_HELP)] = None,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
     _check_mode(mode)
@@ -659,7 +674,7 @@ def eval_command(
     try:
         for spec in specs:  # models load once, before any game; agents are made per game
             if spec not in AGENT_SOURCES:
-                models[spec] = make_policy(spec, seed=seed_list[0], device=device)
+                models[spec] = make_policy(spec, seed=seed_list[0], device=device, button_order=button_order)
     except (NitrogenError, ValueError, OSError, ImportError) as exc:
         for model in models.values():
             model.close()

@@ -59,7 +59,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nitrogen.actions import DEFAULT_BUTTON_ORDER
 from nitrogen.atomic import atomic_path, atomic_write_json
+from nitrogen.gamepad import check_button_order, reorder_buttons
 from nitrogen.data.images import MAX_IMAGE_PIXELS, ImageReader
 from nitrogen.data.schema import ActionMapper, CorruptRowError, MappingConfig
 from nitrogen.inference.preprocessing import resize_frame, to_pixels
@@ -210,7 +212,9 @@ class GameplayDataset(torch.utils.data.Dataset):
     instead of decoding. The cache decodes through :meth:`decode_image`, as reads without it do.
 
     ``image_root``: the folder that image cells holding only a relative path are read from (never
-    outside it); without it such cells are corrupt rows. ``max_image_pixels``: the largest
+    outside it); without it such cells are corrupt rows. ``button_order``: the checkpoint's order of
+    button dims (:data:`nitrogen.actions.BUTTON_ORDERS`); item ``actions`` are permuted into it by
+    :func:`nitrogen.gamepad.reorder_buttons` (:attr:`row_actions` stay in the layout's order). ``max_image_pixels``: the largest
     ``width * height`` decoded (see :mod:`nitrogen.data.images`).
     """
 
@@ -225,11 +229,13 @@ class GameplayDataset(torch.utils.data.Dataset):
         game_mapping: Mapping[str, int] | None = None,
         image_root: str | os.PathLike[str] | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        button_order: str = DEFAULT_BUTTON_ORDER,
         **window: Any,
     ) -> None:
         if config is not None and window:
             raise TypeError("pass either config= or window keyword arguments, not both")
         self.config = config or WindowConfig(**window)
+        self.button_order = check_button_order(button_order)
         self.images = ImageReader(image_root=image_root, max_pixels=max_image_pixels)
         self.mapper = ActionMapper(mapping)
         self.skip_bad = skip_bad
@@ -485,7 +491,8 @@ class GameplayDataset(torch.utils.data.Dataset):
             if row >= 0:
                 frames[k] = self._load_frame(int(row))
         anchor = int(frame_rows[-1])
-        actions = torch.from_numpy(self.row_actions[action_rows].copy())
+        # Targets in the model's button order (row_actions stay in the layout's).
+        actions = torch.from_numpy(reorder_buttons(self.row_actions[action_rows], self.button_order, to="model").copy())
         item: dict[str, Any] = {
             "pixels": to_pixels(frames),
             "frame_valid": torch.from_numpy(frame_rows >= 0),
