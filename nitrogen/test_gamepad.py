@@ -59,11 +59,12 @@ def test_training_targets_follow_the_checkpoint_order():
     import datasets
 
     from nitrogen.data import BUTTON_COLUMNS, GameplayDataset
+    from nitrogen.runtime.dataset_writer import png_bytes
 
     rows = 6
     cols = {name: [i % 2 == 0 for i in range(rows)] if name == "start" else [False] * rows for name in BUTTON_COLUMNS}
     cols |= {"j_left": [[0.0, 0.0]] * rows, "j_right": [[0.0, 0.0]] * rows}
-    cols["image"] = [np.zeros((8, 8, 3), np.uint8)] * rows
+    cols["image"] = [{"bytes": png_bytes(np.zeros((8, 8, 3), np.uint8)), "path": None}] * rows
     data = datasets.Dataset.from_dict(cols).cast_column("image", datasets.Image())
     kw = {"action_shift": 0, "action_horizon": 2, "image_size": 8}
     plain = GameplayDataset(data, **kw)
