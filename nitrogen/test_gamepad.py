@@ -72,3 +72,13 @@ def test_training_targets_follow_the_checkpoint_order():
     a, b = plain[0]["actions"].numpy(), grouped[0]["actions"].numpy()
     np.testing.assert_array_equal(b, reorder_buttons(a, "grouped", to="model"))
     assert b[0, BUTTON_ORDERS["grouped"].index("START")] == 1.0 and a[0, BUTTONS.index("START")] == 1.0
+
+
+def test_the_flag_refuses_an_unknown_order_by_name(tiny_ckpt):
+    from typer.testing import CliRunner
+
+    from nitrogen.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(tiny_ckpt), "--port", "0", "--button-order", "zigzag"])
+    assert result.exit_code == 1
+    assert "unknown button order 'zigzag'" in result.output and "alphabetical, grouped" in result.output

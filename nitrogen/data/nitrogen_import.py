@@ -281,7 +281,8 @@ def _iter_tarball(path: Path, wanted: Sequence[str]) -> Iterator[ChunkInput]:
             current.error = f"the tarball broke off while reading it: {type(exc).__name__}"
             yield current
             current = None
-        yield ChunkInput(_shard_name(path), "", "", error=f"tarball {path.name} unreadable after {members} members: {exc}")
+        reason = f"the tarball is unreadable after {members} members: {type(exc).__name__}: {str(exc)[:200]}"
+        yield ChunkInput(_shard_name(path), "(tarball)", path.name, error=reason)
     if current is not None:
         yield current
 

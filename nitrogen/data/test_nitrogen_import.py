@@ -370,3 +370,24 @@ def test_finetune_trains_20_steps_on_the_import(imported, tiny_ckpt, tmp_path):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 21))
     assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_a_truncated_tarball_is_reported_not_fatal(release, tmp_path):
+    data = release["tarball"].read_bytes()
+    broken = tmp_path / f"{SHARD}.tar.gz"
+    broken.write_bytes(data[: len(data) // 2])
+    report = run_import(release, tmp_path / "out", source=broken)
+    assert report["complete"]
+    assert any("tarball is unreadable" in why for why in report["skipped"].values())
+
+
+def test_a_video_map_names_downloads_by_other_names(release, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(release["videos"] / "vidA.mp4", videos / "my download.mp4")
+    (tmp_path / "map.json").write_text(json.dumps({"vidA": "my download.mp4"}))
+    cfg = ImportConfig(
+        actions=release["actions"], videos=videos, out=tmp_path / "out", video_map=tmp_path / "map.json", games=["Alpha"]
+    )
+    report = import_nitrogen(cfg)
+    assert report["chunks_imported"] == 2 and report["rows_written"] == 140
