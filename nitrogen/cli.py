@@ -146,7 +146,9 @@ def info(
 
 @app.command()
 def convert(
-    checkpoint: Annotated[str, typer.Argument(help="Source checkpoint, .pt or .safetensors, or hf://OWNER/REPO[/FILE].")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="Source checkpoint, .pt or .safetensors, or hf://OWNER/REPO[/FILE].")
+    ],
     out: Annotated[Path, typer.Argument(help="Destination; its suffix (.pt or .safetensors) picks the format.")],
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
@@ -583,7 +585,9 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("import-nitrogen")
 def import_nitrogen_command(
-    actions: Annotated[Path, typer.Argument(help="The release's actions/ folder, one shard folder, or a .tar.gz shard.")],
+    actions: Annotated[
+        Path, typer.Argument(help="The release's actions/ folder, one shard folder, or a .tar.gz shard.")
+    ],
     videos: Annotated[Path, typer.Option(help="Folder of the downloaded videos, <video_id>.mp4|webm|mkv.")],
     out: Annotated[Path, typer.Option(help="Output: OUT/data/*.parquet (the fine-tuning schema) and OUT/import.json.")],
     video_map: Annotated[

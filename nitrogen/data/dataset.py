@@ -61,9 +61,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nitrogen.actions import DEFAULT_BUTTON_ORDER
 from nitrogen.atomic import atomic_path, atomic_write_json
-from nitrogen.gamepad import check_button_order, reorder_buttons
 from nitrogen.data.images import MAX_IMAGE_PIXELS, ImageReader
 from nitrogen.data.schema import ActionMapper, CorruptRowError, MappingConfig
+from nitrogen.gamepad import check_button_order, reorder_buttons
 from nitrogen.inference.preprocessing import resize_frame, to_pixels
 from nitrogen.model.checkpoint import RawCheckpoint, vision_spec_for
 from nitrogen.model.configuration import ModalityConfig, ModelConfig

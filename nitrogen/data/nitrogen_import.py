@@ -175,6 +175,7 @@ class ImportConfig(BaseModel):
     idle_deadzone: float = Field(DEFAULT_IDLE_DEADZONE, ge=0.0, lt=1.0)
     games: list[str] | None = Field(None, description="import only chunks of these games")
     workers: int = Field(1, ge=1, le=256)
+    decoder_threads: int = Field(0, ge=0, le=64, description="threads per video decoder; 0: cores / workers")
     image_size: int = Field(256, gt=0, le=4096, description="side of the square frames written")
     chunks_per_shard: int = Field(8, ge=1, description="chunks (of one video) per output shard")
     rows_per_group: int = Field(100, ge=1, description="parquet row-group size")
@@ -218,7 +219,9 @@ def _is_shard_folder(path: Path) -> bool:
     return any(True for _ in path.glob(f"*/*/{METADATA_FILE}"))
 
 
-def iter_chunks(actions: Path, wanted: Sequence[str] = (METADATA_FILE, RAW_FILE, PROCESSED_FILE)) -> Iterator[ChunkInput]:
+def iter_chunks(
+    actions: Path, wanted: Sequence[str] = (METADATA_FILE, RAW_FILE, PROCESSED_FILE)
+) -> Iterator[ChunkInput]:
     """Every chunk under ``actions`` (the actions/ folder, a shard folder or a shard tarball), in order.
 
     Tarballs are read as a stream (``tarfile`` mode ``r|*``), never unpacked to disk; only the
@@ -475,8 +478,8 @@ class VideoReader:
         self.frame_s = 1.0 / float(rate) if rate else 1.0 / 30.0
         self.width, self.height = self.stream.codec_context.width, self.stream.codec_context.height
         self.frames_decoded = 0
-        self.decode_s = 0.0  # inside frames_at, conversions included
-        self.convert_s = 0.0  # conversions (RGB, mask, crop, resize, PNG) alone
+        self.decode_s = 0.0  # CPU seconds inside frames_at, conversions included
+        self.convert_s = 0.0  # CPU seconds of the conversions (RGB, mask, crop, resize, PNG) alone
 
     def close(self) -> None:
         self.container.close()
@@ -492,14 +495,14 @@ class VideoReader:
         convert_one = convert
 
         def convert(frame: Any) -> Any:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             try:
                 return convert_one(frame)
             finally:
-                self.convert_s += time.perf_counter() - t0
+                self.convert_s += time.process_time() - t0
 
         targets = np.asarray(times, dtype=np.float64) + self.offset_s
-        start = time.perf_counter()
+        start = time.process_time()  # CPU seconds (decoder threads included): per-core figures, whatever the load
         prev: Any = None
         prev_t = -math.inf
         prev_value: Any = None
@@ -533,10 +536,11 @@ class VideoReader:
                 out.append(prev_value)
                 i += 1
         except (av.FFmpegError, OSError) as exc:
-            raise ChunkSkipped(f"undecodable video {self.path.name} near {times[min(i, len(times) - 1)]:.3f} s: "
-                               f"{_reason(exc)}") from None
+            raise ChunkSkipped(
+                f"undecodable video {self.path.name} near {times[min(i, len(times) - 1)]:.3f} s: {_reason(exc)}"
+            ) from None
         finally:
-            self.decode_s += time.perf_counter() - start
+            self.decode_s += time.process_time() - start
         return out
 
 
@@ -562,7 +566,9 @@ def output_features() -> Any:
     return datasets.Features(feats)
 
 
-def _chunk_columns(chunk: ChunkTask, reader: VideoReader, config: ImportConfig) -> tuple[dict[str, list[Any]], int, int]:
+def _chunk_columns(
+    chunk: ChunkTask, reader: VideoReader, config: ImportConfig
+) -> tuple[dict[str, list[Any]], int, int]:
     """A chunk's output columns (all its kept rows), its rows read and its idle rows."""
     from nitrogen.runtime.dataset_writer import png_bytes
 
@@ -755,9 +761,9 @@ def _tasks(config: ImportConfig, state: ImportState, videos: dict[str, Path], ru
             state.skipped[key] = f"video {_short(meta.original_video.video_id)} is missing from --videos"
             continue
         state.skipped.pop(key, None)
-        if pending_video is not None and (video != pending_video or len(pending) >= config.chunks_per_shard):
-            if (task := flush()) is not None:
-                yield task
+        full = pending_video is not None and (video != pending_video or len(pending) >= config.chunks_per_shard)
+        if full and (task := flush()) is not None:
+            yield task
         pending_video = video
         pending.append(ChunkTask(key, meta, chunk.files[labels_file]))
     if (task := flush()) is not None:
@@ -774,7 +780,7 @@ def import_nitrogen(config: ImportConfig, progress: Callable[[dict[str, Any]], N
     data_dir.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, config)
     state.complete = False
-    for orphan in sorted(set(p.name for p in data_dir.glob("part-*.parquet")) - set(state.shards)):
+    for orphan in sorted({p.name for p in data_dir.glob("part-*.parquet")} - set(state.shards)):
         # Written, but killed before the report named it: its chunks are redone.
         logger.warning("removing %s, a shard the report does not list (an interrupted run)", orphan)
         (data_dir / orphan).unlink()
@@ -815,13 +821,13 @@ def import_nitrogen(config: ImportConfig, progress: Callable[[dict[str, Any]], N
             progress(report)
 
     tasks = _tasks(config, state, videos, run)
+    threads = config.decoder_threads or max(1, (os.cpu_count() or 1) // config.workers)
     if config.workers == 1:
         for task in tasks:
-            record(run_task(task, config, data_dir))
+            record(run_task(task, config, data_dir, threads))
     else:
         import multiprocessing
 
-        threads = max(1, (os.cpu_count() or 1) // config.workers)
         with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             running: set[Future[TaskResult]] = set()
             for task in tasks:
@@ -845,6 +851,7 @@ def _speed(run: dict[str, Any], started: float) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "decode_s": round(decode, 3),
         "convert_s": round(run["convert_s"], 3),
+        # Frames per CPU-second of decoding: the decoder's speed per core.
         "decode_frames_per_s_per_worker": round(run["frames_decoded"] / decode, 1) if decode else None,
         "rows_per_s": round(run["rows_written"] / wall, 1) if wall else None,
     }

@@ -217,7 +217,7 @@ def test_the_overlay_is_masked_and_the_game_area_cropped(imported):
         assert not magenta.any(), episode
         x, y, w, h = OVERLAY
         sx = (lambda v: (v - 16) * 2) if cropped else (lambda v: v * 256 / W)
-        sy = lambda v: v * 256 / H  # noqa: E731
+        sy = lambda v: v * 256 / H
         inner = img[int(sy(y)) + 3 : int(sy(y + h)) - 3, int(sx(x)) + 3 : int(sx(x + w)) - 3]
         assert inner.size and (inner == 0).all(), episode  # painted black, not just darker
         green = (img[..., 1] > 150) & (img[..., 0] < 80) & (img[..., 2] < 80)
@@ -274,7 +274,7 @@ def test_drop_idle_removes_the_long_idle_run_and_no_window_crosses_it(release, t
     assert report["rows_dropped_idle"] == 30 and report["rows_written"] == 150
     rows = rows_by_key(out)
     frames = sorted(f for (e, f) in rows if e == "vidA/1")
-    assert frames == [*range(0, 40), *range(70, 100)]  # the 30-row run went, the 5-row run stayed
+    assert frames == [*range(40), *range(70, 100)]  # the 30-row run went, the 5-row run stayed
     assert rows[("vidA/1", 39)]["segment"] == 0 and rows[("vidA/1", 70)]["segment"] == 1
     data = load_gameplay(out)
     ds = GameplayDataset(data, context_length=2, frame_spacing=3, action_shift=1, action_horizon=6, image_size=256)
@@ -290,8 +290,14 @@ def test_drop_idle_removes_the_long_idle_run_and_no_window_crosses_it(release, t
         crossing += min(span) < 40 <= max(span)
     assert crossing == 0
     # Without the segment boundary the same rows would give windows over the gap.
-    ds_no_seg = GameplayDataset(data.remove_columns(["segment"]), context_length=2, frame_spacing=3,
-                                action_shift=1, action_horizon=6, image_size=256)
+    ds_no_seg = GameplayDataset(
+        data.remove_columns(["segment"]),
+        context_length=2,
+        frame_spacing=3,
+        action_shift=1,
+        action_horizon=6,
+        image_size=256,
+    )
     assert len(ds_no_seg) > len(ds)
 
 
@@ -320,8 +326,9 @@ def test_a_rerun_resumes_and_a_killed_run_redoes_only_the_unlisted_shard(release
     state["complete"] = False
     (out / "import.json").write_text(json.dumps(state))
     resumed = run_import(release, out)
-    assert resumed["this_run"]["chunks_already_done"] == 3 - sum(1 for k in imported["report"]["chunks"]
-                                                                  if imported["report"]["chunks"][k]["shard"] == lost)
+    assert resumed["this_run"]["chunks_already_done"] == 3 - sum(
+        1 for k in imported["report"]["chunks"] if imported["report"]["chunks"][k]["shard"] == lost
+    )
     assert lost not in resumed["shards"] and resumed["complete"]
     assert rows_by_key(out) == imported["rows"]
 
@@ -387,7 +394,11 @@ def test_a_video_map_names_downloads_by_other_names(release, tmp_path):
     shutil.copy(release["videos"] / "vidA.mp4", videos / "my download.mp4")
     (tmp_path / "map.json").write_text(json.dumps({"vidA": "my download.mp4"}))
     cfg = ImportConfig(
-        actions=release["actions"], videos=videos, out=tmp_path / "out", video_map=tmp_path / "map.json", games=["Alpha"]
+        actions=release["actions"],
+        videos=videos,
+        out=tmp_path / "out",
+        video_map=tmp_path / "map.json",
+        games=["Alpha"],
     )
     report = import_nitrogen(cfg)
     assert report["chunks_imported"] == 2 and report["rows_written"] == 140

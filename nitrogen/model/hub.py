@@ -78,9 +78,7 @@ def resolve_hub_path(text: str) -> Path:
     try:
         return Path(huggingface_hub.hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision))
     except errors.LocalEntryNotFoundError:
-        why = (
-            "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the hub cannot be reached"
-        )
+        why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the hub cannot be reached"
         raise CheckpointError(
             f"{ref}: not in the local HF cache ({constants.HF_HUB_CACHE}) and {why}; "
             "download it once while online (or unset HF_HUB_OFFLINE)"

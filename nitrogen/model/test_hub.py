@@ -98,12 +98,16 @@ def test_the_command_line_honours_hf_home_and_hf_hub_offline(tmp_path, tiny_ckpt
         "HF_HUB_OFFLINE": "1",
     }
     run = [sys.executable, "-m", "nitrogen.cli", "info", "--json"]
-    ok = subprocess.run([*run, "hf://owner/tiny/tiny.pt"], capture_output=True, text=True, env=env, cwd=ROOT)
+    ok = subprocess.run(
+        [*run, "hf://owner/tiny/tiny.pt"], check=False, capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert ok.returncode == 0, ok.stderr
     doc = json.loads(ok.stdout)
     assert doc["checkpoint"] == "hf://owner/tiny/tiny.pt" and doc["parameters"] > 0
     assert Path(doc["file"]).is_relative_to(home)
-    missing = subprocess.run([*run, "hf://nvidia/NitroGen"], capture_output=True, text=True, env=env, cwd=ROOT)
+    missing = subprocess.run(
+        [*run, "hf://nvidia/NitroGen"], check=False, capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert missing.returncode == 1
     text = " ".join(missing.stderr.split())
     assert "hf://nvidia/NitroGen/ng.pt" in text and "HF_HUB_OFFLINE is set" in text
