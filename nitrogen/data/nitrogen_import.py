@@ -452,7 +452,7 @@ def prepare_frame(rgb: np.ndarray, geometry: FrameGeometry, size: int) -> np.nda
             rgb = rgb.copy()
         rgb[y0:y1, x0:x1] = 0
     x0, y0, x1, y1 = geometry.crop
-    return resize_frame(np.ascontiguousarray(rgb[y0:y1, x0:x1]), size)
+    return resize_frame(rgb[y0:y1, x0:x1], size)  # OpenCV reads the crop as a view (no copy)
 
 
 class VideoReader:
