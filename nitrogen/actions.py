@@ -39,6 +39,44 @@ BUTTONS: tuple[str, ...] = (
 )
 """The 21 button names, in the order of action dims 0..20."""
 
+BUTTON_ORDERS: dict[str, tuple[str, ...]] = {
+    "alphabetical": BUTTONS,
+    "grouped": (
+        "DPAD_UP",
+        "DPAD_DOWN",
+        "DPAD_LEFT",
+        "DPAD_RIGHT",
+        "LEFT_SHOULDER",
+        "RIGHT_SHOULDER",
+        "LEFT_THUMB",
+        "RIGHT_THUMB",
+        "LEFT_TRIGGER",
+        "RIGHT_TRIGGER",
+        "SOUTH",
+        "WEST",
+        "EAST",
+        "NORTH",
+        "BACK",
+        "START",
+        "RIGHT_UP",
+        "RIGHT_BOTTOM",
+        "RIGHT_LEFT",
+        "RIGHT_RIGHT",
+        "GUIDE",
+    ),
+}
+"""Named orders of a checkpoint's 21 button dims: which button the model's dim ``i`` is.
+
+``alphabetical`` is the released code's decoding (``shared.py``), which golden parity follows, and
+the default. ``grouped`` is the order a maintainer listed in the original repository's issue #43
+(D-pad, shoulders/thumbs/triggers, SOUTH WEST EAST NORTH, BACK START, the four virtual right-stick
+buttons, GUIDE; the order inside the D-pad, shoulder and virtual groups is our reading of it).
+Only the real weights can tell which is right: compare a run's per-button press rates
+(``episode.json``'s ``button_press_rate``) with the dataset's marginals. Whatever the model's order,
+:data:`BUTTONS` stays the order of every action vector outside the model; the one permutation is
+:func:`nitrogen.gamepad.reorder_buttons`."""
+DEFAULT_BUTTON_ORDER = "alphabetical"
+
 VIRTUAL_BUTTONS: frozenset[str] = frozenset({"RIGHT_UP", "RIGHT_BOTTOM", "RIGHT_LEFT", "RIGHT_RIGHT"})
 """Discretised right-stick directions: predicted, but never sent to a pad."""
 

@@ -22,6 +22,12 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+BUTTON_ORDER_HELP = (
+    "The checkpoint's order of its 21 button dims: alphabetical (the released code's, default) or grouped "
+    "(the original repository's issue #43); see README 'Button order'."
+)
+
+
 def _check_mode(mode: str) -> None:
     if mode not in ("sync", "async"):
         _fail(ValueError(f"--mode must be sync or async, got {mode!r}"))
@@ -34,7 +40,9 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="A .pt (released format) or .safetensors checkpoint.")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="A .pt (released format) or .safetensors checkpoint, or hf://OWNER/REPO[/FILE][@REV].")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
 ) -> None:
     """Show a checkpoint's config, parameter counts, game mapping and action layout."""
@@ -52,6 +60,7 @@ def info(
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in raw.state_dict.values()})
     doc = {
         "checkpoint": str(checkpoint),
+        "file": str(raw.path),
         "tensors": len(shapes),
         "parameters": total,
         "dtypes": dtypes,
@@ -137,7 +146,9 @@ def info(
 
 @app.command()
 def convert(
-    checkpoint: Annotated[Path, typer.Argument(help="Source checkpoint, .pt or .safetensors.")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="Source checkpoint, .pt or .safetensors, or hf://OWNER/REPO[/FILE].")
+    ],
     out: Annotated[Path, typer.Argument(help="Destination; its suffix (.pt or .safetensors) picks the format.")],
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
@@ -146,7 +157,7 @@ def convert(
 
     if out.exists() and not force:
         _fail(FileExistsError(f"{out} exists; pass --force to overwrite it"))
-    if out.resolve() == checkpoint.resolve():
+    if not checkpoint.startswith("hf://") and out.resolve() == Path(checkpoint).resolve():
         _fail(ValueError("source and destination are the same file"))
     try:
         written = convert_checkpoint(checkpoint, out)
@@ -180,7 +191,9 @@ def keys_generate(
 
 @app.command()
 def serve(
-    checkpoint: Annotated[Path, typer.Argument(help="A .pt (released format) or .safetensors checkpoint.")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="A .pt (released format) or .safetensors checkpoint, or hf://OWNER/REPO[/FILE][@REV].")
+    ],
     host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs CURVE or --insecure.")] = (
         "127.0.0.1"
     ),
@@ -204,6 +217,7 @@ def serve(
         typer.Option(help="Most client sessions kept; an idle one may go, an active one never: newcomers are refused."),
     ] = 256,
     session_ttl_s: Annotated[float, typer.Option(help="Idle seconds before a client session expires.")] = 600.0,
+    button_order: Annotated[str, typer.Option(help=BUTTON_ORDER_HELP)] = "alphabetical",
 ) -> None:
     """Serve a checkpoint to game machines over ZeroMQ (msgpack protocol, per-client sessions, batching)."""
     import logging
@@ -235,7 +249,9 @@ def serve(
     except ValidationError as exc:
         _fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
     try:
-        engine = PolicyEngine.from_checkpoint(checkpoint, device=device, dtype=dtype, num_steps=steps)
+        engine = PolicyEngine.from_checkpoint(
+            checkpoint, device=device, dtype=dtype, num_steps=steps, button_order=button_order
+        )
         server = InferenceServer(engine, config).start()
     except (NitrogenError, ValueError, OSError) as exc:
         _fail(exc)
@@ -265,7 +281,9 @@ def play_command(
     pid: Annotated[int | None, typer.Option(help="Desktop game by process id.")] = None,
     server: Annotated[str | None, typer.Option(help="Policy server address, tcp://HOST:PORT.")] = None,
     port: Annotated[int | None, typer.Option(help="Shorthand for --server tcp://127.0.0.1:PORT.")] = None,
-    ckpt: Annotated[Path | None, typer.Option(help="Run the policy in-process from this checkpoint.")] = None,
+    ckpt: Annotated[
+        str | None, typer.Option(help="Run the policy in-process from this checkpoint (a file or hf://OWNER/REPO).")
+    ] = None,
     replay: Annotated[
         Path | None, typer.Option(help="Replay a run folder (or its actions.jsonl) instead of a model.")
     ] = None,
@@ -296,6 +314,7 @@ def play_command(
     device: Annotated[str | None, typer.Option(help="For --ckpt: cuda, cpu, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="For --ckpt: float32 or bfloat16 weights.")] = None,
     game: Annotated[str | None, typer.Option(help="For --ckpt: the game to condition on, by name or id.")] = None,
+    button_order: Annotated[str | None, typer.Option(help="For --ckpt: " + BUTTON_ORDER_HELP)] = None,
 ) -> None:
     """Let the agent play a game through a virtual gamepad, and record the run.
 
@@ -338,7 +357,9 @@ def play_command(
     else:
         source = f"server:{server or f'tcp://127.0.0.1:{port}'}"
     try:
-        policy = make_policy(source, seed=seed, device=device, dtype=dtype, game=game, num_steps=steps)
+        policy = make_policy(
+            source, seed=seed, device=device, dtype=dtype, game=game, num_steps=steps, button_order=button_order
+        )
         if env is not None:
             from .envs import make_env
 
@@ -446,6 +467,7 @@ def finetune(
         ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.")] = False,
+    button_order: Annotated[str, typer.Option(help=BUTTON_ORDER_HELP)] = "alphabetical",
 ) -> None:
     """Fine-tune a checkpoint on a gameplay dataset, with LoRA or fully (also under `accelerate launch`)."""
     from pydantic import ValidationError
@@ -467,6 +489,7 @@ def finetune(
             skip_bad=skip_bad,
             cache_dir=cache_dir,
             image_root=image_root,
+            button_order=button_order,
         )
     except (NitrogenError, CorruptRowError, ValidationError, ValueError, OSError, KeyError) as exc:
         _fail(exc)
@@ -556,6 +579,69 @@ def record_command(
     )
 
 
+data_app = typer.Typer(help="Datasets: import the released NitroGen dataset.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("import-nitrogen")
+def import_nitrogen_command(
+    actions: Annotated[
+        Path, typer.Argument(help="The release's actions/ folder, one shard folder, or a .tar.gz shard.")
+    ],
+    videos: Annotated[Path, typer.Option(help="Folder of the downloaded videos, <video_id>.mp4|webm|mkv.")],
+    out: Annotated[Path, typer.Option(help="Output: OUT/data/*.parquet (the fine-tuning schema) and OUT/import.json.")],
+    video_map: Annotated[
+        Path | None, typer.Option(help="JSON {video_id: file name under --videos} for other names.")
+    ] = None,
+    processed: Annotated[bool, typer.Option(help="Read actions_processed.parquet instead of actions_raw.")] = False,
+    drop_idle: Annotated[bool, typer.Option(help="Remove runs of idle rows (no button, sticks centred).")] = False,
+    idle_min_run: Annotated[int, typer.Option(help="Shortest idle run removed, in 60 Hz rows.", min=1)] = 60,
+    games: Annotated[list[str] | None, typer.Option(help="Import only these games (repeatable).")] = None,
+    workers: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = 1,
+) -> None:
+    """Turn the released NitroGen dataset and your downloads of its videos into fine-tuning data."""
+    from pydantic import ValidationError
+
+    from .data.nitrogen_import import ImportConfig, import_nitrogen
+
+    try:
+        config = ImportConfig(
+            actions=actions,
+            videos=videos,
+            out=out,
+            video_map=video_map,
+            processed=processed,
+            drop_idle=drop_idle,
+            idle_min_run=idle_min_run,
+            games=games or None,
+            workers=workers,
+        )
+    except ValidationError as exc:
+        _fail(ValueError("; ".join(e["msg"] for e in exc.errors())))
+
+    def progress(report: dict[str, Any]) -> None:
+        speed = report["this_run"].get("rows_per_s")
+        console.print(
+            f"{report['chunks_imported']} chunks imported, {report['chunks_skipped']} skipped, "
+            f"{report['rows_written']} rows" + (f" ({speed:g} rows/s)" if speed else "")
+        )
+
+    try:
+        report = import_nitrogen(config, progress=progress)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    for key, reason in report["skipped"].items():
+        console.print(f"skipped {key}: {reason}", markup=False)
+    run = report["this_run"]
+    console.print(
+        f"{report['chunks_imported']} chunks imported ({run['chunks_already_done']} from an earlier run), "
+        f"{report['chunks_skipped']} skipped; {report['rows_written']} rows written, "
+        f"idle share {100 * report['idle_share']:.1f}%, games {report['games']}; "
+        f"decoding {run['decode_frames_per_s_per_worker']} frames/s per worker -> {out / 'import.json'}",
+        markup=False,
+    )
+
+
 @app.command("eval")
 def eval_command(
     env: Annotated[str, typer.Option(help="Games, comma-separated: ale:Freeway,ale:Gopher")],
@@ -574,6 +660,7 @@ def eval_command(
     mode: Annotated[
         str, typer.Option(help="sync (scores the policy alone) or async (the game keeps its clock while it thinks).")
     ] = "sync",
+    button_order: Annotated[str | None, typer.Option(help="For ckpt: policies: " + BUTTON_ORDER_HELP)] = None,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
     _check_mode(mode)
@@ -591,7 +678,7 @@ def eval_command(
     try:
         for spec in specs:  # models load once, before any game; agents are made per game
             if spec not in AGENT_SOURCES:
-                models[spec] = make_policy(spec, seed=seed_list[0], device=device)
+                models[spec] = make_policy(spec, seed=seed_list[0], device=device, button_order=button_order)
     except (NitrogenError, ValueError, OSError, ImportError) as exc:
         for model in models.values():
             model.close()

@@ -25,6 +25,8 @@ import numpy as np
 from .actions import (
     ACTION_DIM,
     BUTTON_INDEX,
+    BUTTON_ORDERS,
+    BUTTON_SLICE,
     BUTTON_THRESHOLD,
     BUTTONS,
     LEFT_STICK_SLICE,
@@ -82,6 +84,40 @@ def pack_pad(
     out[:, LEFT_STICK_SLICE] = (j_left + 1.0) / 2.0
     out[:, RIGHT_STICK_SLICE] = (j_right + 1.0) / 2.0
     return out
+
+
+def check_button_order(order: str) -> str:
+    """``order`` if it names one of :data:`~nitrogen.actions.BUTTON_ORDERS`, else a ``ValueError``."""
+    if order not in BUTTON_ORDERS:
+        raise ValueError(f"unknown button order {str(order)[:40]!r}; use one of {', '.join(BUTTON_ORDERS)}")
+    return order
+
+
+def reorder_buttons(actions: Any, order: str, *, to: str) -> Any:
+    """The one permutation between a model's button dims and the layout's (:data:`~nitrogen.actions.BUTTONS`).
+
+    ``actions (..., 25)`` (numpy or torch). ``to="layout"``: from the model's ``order`` (dim ``i`` is
+    ``BUTTON_ORDERS[order][i]``) to the layout, as the engine does with what the model samples;
+    ``to="model"``: the inverse, for training targets. Sticks are not moved. The default order,
+    ``alphabetical``, is the layout itself: then ``actions`` is returned as it is.
+    """
+    check_button_order(order)
+    if to not in ("layout", "model"):
+        raise ValueError(f"to must be 'layout' or 'model', got {to!r}")
+    names = BUTTON_ORDERS[order]
+    model_index = [BUTTON_INDEX[name] for name in names]  # layout dim of the model's dim i
+    if model_index == list(range(len(names))):
+        return actions
+    if to == "model":
+        index = model_index + list(range(BUTTON_SLICE.stop, ACTION_DIM))  # model dim i <- layout dim
+    else:
+        inverse = [names.index(name) for name in BUTTONS]  # layout dim j <- model dim
+        index = inverse + list(range(BUTTON_SLICE.stop, ACTION_DIM))
+    if type(actions).__module__.startswith("torch"):
+        import torch
+
+        return actions[..., torch.as_tensor(index, device=actions.device)]
+    return np.asarray(actions)[..., index]
 
 
 MENU_BUTTONS: frozenset[str] = frozenset({"START", "GUIDE", "BACK"})
@@ -158,6 +194,29 @@ class GamepadState:
 
 
 NEUTRAL = GamepadState()
+
+
+class PressCounter:
+    """Per-button press rates of played frames: each state goes through the codec
+    (:meth:`GamepadState.to_action_vector`), so the 4 virtual buttons count as the right stick
+    leans. Run folders (``episode.json``) and ``nitrogen eval`` report :meth:`rates`."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.counts = np.zeros(len(BUTTONS), dtype=np.int64)
+
+    def add(self, state: GamepadState) -> None:
+        self.counts += state.to_action_vector()[BUTTON_SLICE] > BUTTON_THRESHOLD
+        self.frames += 1
+
+    def merge(self, other: PressCounter) -> None:
+        self.counts += other.counts
+        self.frames += other.frames
+
+    def rates(self) -> dict[str, float]:
+        """Button name -> share of frames it was pressed on, in layout order (0.0 for every button before any frame)."""
+        share = self.counts / max(self.frames, 1)
+        return {name: round(float(v), 6) for name, v in zip(BUTTONS, share, strict=True)}
 
 
 def state_from_action(action: np.ndarray) -> GamepadState:

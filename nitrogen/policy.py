@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # client fetches it from the server) is not called by ``isinstance(obj, Policy)``.
 from typing_extensions import Protocol, runtime_checkable
 
-from .actions import ACTION_DIM, BUTTONS, NUM_BUTTONS, unpack_actions
+from .actions import ACTION_DIM, BUTTON_ORDERS, BUTTONS, DEFAULT_BUTTON_ORDER, NUM_BUTTONS, unpack_actions
 
 
 class PolicySpec(BaseModel):
@@ -34,6 +34,9 @@ class PolicySpec(BaseModel):
     reads the emulator, a replay). ``action_shift``: action ``k`` of a chunk observed at frame ``t``
     is meant for frame ``t + action_shift + k``. ``step_rate_hz``: one action per frame of a game
     running at this rate. ``game_mapping``: game name -> id for a game-conditioned checkpoint.
+    ``button_order``: the name (:data:`~nitrogen.actions.BUTTON_ORDERS`) of the order in which the
+    checkpoint's model emits its 21 button dims; chunks are always decoded to ``buttons``, the layout's
+    order, whatever it is.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +49,14 @@ class PolicySpec(BaseModel):
     step_rate_hz: float = Field(60.0, gt=0)
     buttons: tuple[str, ...] = BUTTONS
     game_mapping: dict[str, int] | None = None
+    button_order: str = DEFAULT_BUTTON_ORDER
+
+    @field_validator("button_order")
+    @classmethod
+    def _known_order(cls, value: str) -> str:
+        if value not in BUTTON_ORDERS:
+            raise ValueError(f"unknown button order {value[:40]!r}; use one of {', '.join(BUTTON_ORDERS)}")
+        return value
 
     @field_validator("buttons")
     @classmethod
@@ -66,6 +77,7 @@ class PolicySpec(BaseModel):
             step_rate_hz=float(info.get("step_rate_hz", 60.0)),
             buttons=tuple(info.get("buttons", BUTTONS)),
             game_mapping=dict(info["games"]) if info.get("games") else None,
+            button_order=str(info.get("button_order", DEFAULT_BUTTON_ORDER)),
         )
 
 

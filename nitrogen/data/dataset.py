@@ -12,7 +12,10 @@ appearance; by ``(game, episode_id)`` when a ``game`` column exists, so recordin
 can share episode numbers) and ordered by ``frame`` when that column exists, else by row order;
 without an ``episode_id`` column each game (or, without a ``game`` column, the whole dataset) is one
 episode. Anchors whose action range would run past the episode's last frame are dropped. Frame
-numbers are only used for ordering: gaps are not detected. :meth:`GameplayDataset.window_game`
+numbers are only used for ordering: gaps are not detected. An optional ``segment`` column cuts an
+episode further: no window (context frames or actions) spans two segments, so rows removed from
+the middle of an episode (``nitrogen data import-nitrogen --drop-idle``) leave a boundary windows
+respect; the split by episode still keeps an episode's segments together. :meth:`GameplayDataset.window_game`
 names each window's game, which the training eval uses to report metrics per game.
 
 Game ids: given the checkpoint's ``game_mapping`` (name -> id), each item also carries ``game_ids``,
@@ -56,9 +59,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nitrogen.actions import DEFAULT_BUTTON_ORDER
 from nitrogen.atomic import atomic_path, atomic_write_json
 from nitrogen.data.images import MAX_IMAGE_PIXELS, ImageReader
 from nitrogen.data.schema import ActionMapper, CorruptRowError, MappingConfig
+from nitrogen.gamepad import check_button_order, reorder_buttons
 from nitrogen.inference.preprocessing import resize_frame, to_pixels
 from nitrogen.model.checkpoint import RawCheckpoint, vision_spec_for
 from nitrogen.model.configuration import ModalityConfig, ModelConfig
@@ -71,6 +76,8 @@ CACHE_VERSION = 2
 frames read from a cell's path, and are rebuilt)."""
 GAME_COLUMN = "game"
 """Optional column naming each row's game (``nitrogen record`` writes it)."""
+SEGMENT_COLUMN = "segment"
+"""Optional column: rows of one episode with different segments are never in one window."""
 UNCONDITIONAL_GAME = ""
 """The game-mapping name of id 0, the unconditional game."""
 
@@ -205,7 +212,9 @@ class GameplayDataset(torch.utils.data.Dataset):
     instead of decoding. The cache decodes through :meth:`decode_image`, as reads without it do.
 
     ``image_root``: the folder that image cells holding only a relative path are read from (never
-    outside it); without it such cells are corrupt rows. ``max_image_pixels``: the largest
+    outside it); without it such cells are corrupt rows. ``button_order``: the checkpoint's order of
+    button dims (:data:`nitrogen.actions.BUTTON_ORDERS`); item ``actions`` are permuted into it by
+    :func:`nitrogen.gamepad.reorder_buttons` (:attr:`row_actions` stay in the layout's order). ``max_image_pixels``: the largest
     ``width * height`` decoded (see :mod:`nitrogen.data.images`).
     """
 
@@ -220,11 +229,13 @@ class GameplayDataset(torch.utils.data.Dataset):
         game_mapping: Mapping[str, int] | None = None,
         image_root: str | os.PathLike[str] | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        button_order: str = DEFAULT_BUTTON_ORDER,
         **window: Any,
     ) -> None:
         if config is not None and window:
             raise TypeError("pass either config= or window keyword arguments, not both")
         self.config = config or WindowConfig(**window)
+        self.button_order = check_button_order(button_order)
         self.images = ImageReader(image_root=image_root, max_pixels=max_image_pixels)
         self.mapper = ActionMapper(mapping)
         self.skip_bad = skip_bad
@@ -245,7 +256,9 @@ class GameplayDataset(torch.utils.data.Dataset):
         self.mapper.check_columns(data.column_names)
         meta_cols = [c for c in self.mapper.config.columns() if c in data.column_names]
         meta_cols += [
-            c for c in (mcfg.episode_id, mcfg.frame, GAME_COLUMN) if c in data.column_names and c not in meta_cols
+            c
+            for c in (mcfg.episode_id, mcfg.frame, GAME_COLUMN, SEGMENT_COLUMN)
+            if c in data.column_names and c not in meta_cols
         ]
         columns = data.select_columns(meta_cols)[:] if meta_cols else {}
         errors: list[CorruptRowError] | None = [] if skip_bad else None
@@ -261,7 +274,7 @@ class GameplayDataset(torch.utils.data.Dataset):
             # Key episodes by (game, episode id); without an episode id column, one episode per game.
             games = columns[GAME_COLUMN]
             episode_ids = list(zip(games, episode_ids if episode_ids is not None else [0] * len(games), strict=True))
-        self._build_windows(episode_ids, columns.get(mcfg.frame))
+        self._build_windows(episode_ids, columns.get(mcfg.frame), columns.get(SEGMENT_COLUMN))
         self.game_mapping = dict(game_mapping) if game_mapping is not None else None
         self._episode_game_id = self._game_ids_per_episode()
         self._bad_image = np.zeros(self.num_rows, dtype=bool)
@@ -272,14 +285,19 @@ class GameplayDataset(torch.utils.data.Dataset):
             self._cache_path = self._prepare_cache(Path(cache_dir))
 
     # ----------------------------------------------------------------------------- windows
-    def _build_windows(self, episode_ids: Sequence[Any] | None, frames: Sequence[Any] | None) -> None:
+    def _build_windows(
+        self, episode_ids: Sequence[Any] | None, frames: Sequence[Any] | None, segments: Sequence[Any] | None = None
+    ) -> None:
         n = self.num_rows
         if episode_ids is None:
-            groups: dict[Any, list[int]] = {None: list(range(n))}
-        else:
-            groups = {}
-            for row, ep in enumerate(episode_ids):
-                groups.setdefault(ep, []).append(row)
+            episode_ids = [None] * n
+        # Windows are cut inside groups (episode, segment); episodes are what the split keeps whole.
+        keys = zip(episode_ids, segments, strict=True) if segments is not None else ((ep, None) for ep in episode_ids)
+        groups: dict[Any, list[int]] = {}
+        for row, key in enumerate(keys):
+            groups.setdefault(key, []).append(row)
+        episodes = {ep: None for ep, _ in groups}  # in order of first appearance
+        episode_index = {ep: e for e, ep in enumerate(episodes)}
         frame_no = np.asarray(frames) if frames is not None else None
         order, starts, ends = [], [], []
         total = 0
@@ -292,15 +310,15 @@ class GameplayDataset(torch.utils.data.Dataset):
             total += len(rows_arr)
             ends.append(total)
         self.order = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
-        self.episode_keys = list(groups)
+        self.episode_keys = list(episodes)
         cfg = self.config
         span = cfg.action_shift + cfg.action_horizon
         pos, ep_start, ep_index = [], [], []
-        for e, (s, t) in enumerate(zip(starts, ends, strict=True)):
-            anchors = np.arange(s, t - span + 1, dtype=np.int64)  # anchor + span <= episode end
+        for (ep, _), s, t in zip(groups, starts, ends, strict=True):
+            anchors = np.arange(s, t - span + 1, dtype=np.int64)  # anchor + span <= segment end
             pos.append(anchors)
-            ep_start.append(np.full(len(anchors), s, dtype=np.int64))
-            ep_index.append(np.full(len(anchors), e, dtype=np.int64))
+            ep_start.append(np.full(len(anchors), s, dtype=np.int64))  # no context frame before the segment
+            ep_index.append(np.full(len(anchors), episode_index[ep], dtype=np.int64))
         self._win_pos = np.concatenate(pos) if pos else np.zeros(0, dtype=np.int64)
         self._win_start = np.concatenate(ep_start) if ep_start else np.zeros(0, dtype=np.int64)
         self.window_episode = np.concatenate(ep_index) if ep_index else np.zeros(0, dtype=np.int64)
@@ -473,7 +491,8 @@ class GameplayDataset(torch.utils.data.Dataset):
             if row >= 0:
                 frames[k] = self._load_frame(int(row))
         anchor = int(frame_rows[-1])
-        actions = torch.from_numpy(self.row_actions[action_rows].copy())
+        # Targets in the model's button order (row_actions stay in the layout's).
+        actions = torch.from_numpy(reorder_buttons(self.row_actions[action_rows], self.button_order, to="model").copy())
         item: dict[str, Any] = {
             "pixels": to_pixels(frames),
             "frame_valid": torch.from_numpy(frame_rows >= 0),

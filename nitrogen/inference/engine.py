@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..actions import ACTION_DIM, BUTTONS, layout_description
+from ..actions import ACTION_DIM, BUTTONS, DEFAULT_BUTTON_ORDER, layout_description
+from ..gamepad import check_button_order, reorder_buttons
 from ..model.checkpoint import RawCheckpoint, load_model
 from ..model.modeling import NitroGenModel, Schedule
 from .cpu_kernels import pack_linears, packing_available
@@ -141,8 +142,10 @@ class PolicyEngine:
         autocast_dtype: torch.dtype | None = None,
         num_steps: int | None = None,
         pack_weights: bool | None = None,
+        button_order: str = DEFAULT_BUTTON_ORDER,
     ):
         self.model = model
+        self.button_order = check_button_order(button_order)  # the model's button dims, see sample()
         self.checkpoint = checkpoint
         self.config = checkpoint.config
         self.device = device
@@ -166,12 +169,21 @@ class PolicyEngine:
         dtype: str | torch.dtype | None = None,
         num_steps: int | None = None,
         pack_weights: bool | None = None,
+        button_order: str = DEFAULT_BUTTON_ORDER,
     ) -> PolicyEngine:
         dev = resolve_device(device)
         weight_dtype = resolve_dtype(dtype)
         autocast = torch.bfloat16 if (weight_dtype is None and dev.type == "cuda") else None
         model, raw = load_model(path, device=dev, dtype=weight_dtype)
-        return cls(model, raw, device=dev, autocast_dtype=autocast, num_steps=num_steps, pack_weights=pack_weights)
+        return cls(
+            model,
+            raw,
+            device=dev,
+            autocast_dtype=autocast,
+            num_steps=num_steps,
+            pack_weights=pack_weights,
+            button_order=button_order,
+        )
 
     def _pack(self, pack_weights: bool | None) -> int:
         """Pre-pack weights for oneDNN on CPU (see :mod:`nitrogen.inference.cpu_kernels`); returns the layer count.
@@ -272,6 +284,7 @@ class PolicyEngine:
             "action_shift": self.config.modality_cfg.action_shift,
             "action_dim": ACTION_DIM,
             "buttons": list(BUTTONS),
+            "button_order": self.button_order,
             "action_layout": layout_description(),
             "image_size": self.image_size,
             "step_rate_hz": STEP_RATE_HZ,
@@ -320,7 +333,8 @@ class PolicyEngine:
         scales = torch.tensor([requests[i].cfg_scale for i in guided], dtype=torch.float32, device=self.device)
         index = torch.tensor(guided, dtype=torch.long, device=self.device) if guided else None
         actions = model.sample(cond, noise, self.num_steps, uncond, scales, self.schedule(), guided=index)
-        return actions.float().cpu().numpy()
+        # The model's button dims in its order -> the layout's (identity for the default order).
+        return reorder_buttons(actions.float().cpu().numpy(), self.button_order, to="layout")
 
     def predict_batch(self, requests: Sequence[FrameRequest]) -> BatchPrediction:
         """Predict for a batch of histories, one new frame each: the one inference path.

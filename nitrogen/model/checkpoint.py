@@ -49,6 +49,7 @@ from safetensors.torch import save_file as save_safetensors
 from ..atomic import atomic_path
 from ..errors import CheckpointError
 from .configuration import CheckpointConfig, TransformerConfig
+from .hub import local_checkpoint_path
 from .modeling import NitroGenModel
 from .vision import PREFIX as VISION_PREFIX
 from .vision import VisionSpec, lookup_spec, rebuild_position_ids, spec_from_weights
@@ -245,10 +246,11 @@ def _torch_load(path: Path) -> Any:
 def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
     """Read and validate a ``.pt`` or ``.safetensors`` checkpoint (no model is built).
 
+    ``path`` may be a hub name, ``hf://OWNER/REPO[/FILE][@REVISION]`` (:mod:`nitrogen.model.hub`).
     Everything in the module docstring is checked before any tensor data is copied; a
     :class:`CheckpointError` names the file and the key or field at fault.
     """
-    path = Path(path)
+    path = local_checkpoint_path(path)  # an hf://OWNER/REPO[/FILE][@REVISION] name: from the HF cache
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_json
-from ..gamepad import GamepadState
+from ..gamepad import GamepadState, PressCounter
 from .overlay import debug_frame
 from .video import VideoWriter
 
@@ -148,6 +148,7 @@ class RunRecorder:
         self._latencies: list[float] = []
         self._score = 0.0
         self._rewards = 0
+        self._presses = PressCounter()
         self._summary: dict[str, Any] | None = None
 
     @property
@@ -234,6 +235,7 @@ class RunRecorder:
         }
         self._actions.write(json.dumps(line, default=_json_default) + "\n")
         self._frames += 1
+        self._presses.add(state)
         self._steps.add(int(step))
         self._stale += bool(stale)
 
@@ -246,7 +248,9 @@ class RunRecorder:
         last record; ``None`` below 2 frames), ``duration_s``, ``latency_ms`` (``count``, ``p50``,
         ``p95``, ``mean``, ``max`` of the :meth:`add_latency` values, linear-interpolated
         percentiles; ``None`` without values), ``dropped_frames``, ``videos`` (file names or
-        ``None``), ``started_at`` / ``ended_at`` (UTC ISO 8601), and the keys of ``summary``, which
+        ``None``), ``button_press_rate`` (button -> share of the recorded frames it was pressed on,
+        the virtual right-stick buttons included, :class:`~nitrogen.gamepad.PressCounter`; START,
+        GUIDE and BACK read 0 when the loop masks the menu buttons), ``started_at`` / ``ended_at`` (UTC ISO 8601), and the keys of ``summary``, which
         override computed ones. Idempotent: a later call returns the first result unchanged.
         Videos are finished even if one fails; ``episode.json`` is written (with ``errors``) and
         the first error is then raised.
@@ -292,6 +296,7 @@ class RunRecorder:
                 "clean": self.clean_video.path.name if self.clean_video is not None else None,
                 "debug": self.debug_video.path.name if self.debug_video is not None else None,
             },
+            "button_press_rate": self._presses.rates(),
             "started_at": self._started_at.isoformat(),
             "ended_at": datetime.now(timezone.utc).isoformat(),
         }

@@ -107,3 +107,22 @@ def test_run_recorder_without_debug_video_and_reserved_fields(tmp_path: Path) ->
 def test_new_run_dir_is_unique(tmp_path: Path) -> None:
     dirs = {new_run_dir(tmp_path, "same") for _ in range(3)}
     assert len(dirs) == 3 and all(d.is_dir() for d in dirs)
+
+
+def test_episode_json_has_the_per_button_press_rate(tmp_path: Path) -> None:
+    from nitrogen.actions import BUTTONS
+
+    frame = np.zeros((32, 32, 3), np.uint8)
+    states = [
+        GamepadState(buttons=frozenset({"SOUTH"}), right_stick=(0.0, -0.9)),  # right stick up: RIGHT_UP
+        GamepadState(right_trigger=1.0),
+        GamepadState(),
+        GamepadState(buttons=frozenset({"SOUTH"})),
+    ]
+    with RunRecorder(tmp_path / "run", fps=30, video=False) as rec:
+        for i, state in enumerate(states):
+            rec.record(frame, state, step=i, substep=0)
+    rates = json.loads((tmp_path / "run" / "episode.json").read_text())["button_press_rate"]
+    assert list(rates) == list(BUTTONS)
+    assert rates["SOUTH"] == 0.5 and rates["RIGHT_TRIGGER"] == 0.25 and rates["RIGHT_UP"] == 0.25
+    assert rates["GUIDE"] == 0.0 and sum(rates.values()) == 1.0

@@ -4,7 +4,9 @@ Each contender plays the same games on the same seeds, through the one episode l
 so a policy's speed does not change its score: a model (in-process checkpoint, server), a replay,
 or a random or scripted agent (through the one adapter, one action per frame). The results are
 the mean and std of score and episode length, and the policy latency, written as Markdown, JSON and
-a PNG bar chart.
+a PNG bar chart. Every episode and summary also carries ``button_press_rate``: per button, the share
+of played frames it was pressed on (:class:`~nitrogen.gamepad.PressCounter`; menu buttons are masked
+in play, so START, GUIDE and BACK read 0), to compare with a dataset's known marginals.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..gamepad import PressCounter
 from ..policy import Policy
-from .loop import PlayConfig, run_episode
+from .loop import Observer, PlayConfig, Step, run_episode
 from .sources import as_policy
 
 BASELINES: tuple[str, ...] = ("random", "scripted")
@@ -33,6 +36,17 @@ class EpisodeResult:
     score: float
     length: int
     latency_ms: float
+    button_press_rate: dict[str, float] = field(default_factory=dict)
+
+
+class PressRateObserver(Observer):
+    """Counts the buttons of every played frame (the policy's choice for it) into :attr:`counter`."""
+
+    def __init__(self) -> None:
+        self.counter = PressCounter()
+
+    def on_step(self, step: Step) -> None:
+        self.counter.add(step.action)
 
 
 @dataclass
@@ -45,6 +59,7 @@ class Summary:
     length_mean: float
     latency_ms: float
     scores: list[float] = field(default_factory=list)
+    button_press_rate: dict[str, float] = field(default_factory=dict)
 
 
 def run_one(
@@ -54,10 +69,16 @@ def run_one(
     max_frames: int,
     actions_per_chunk: int | None = None,
     mode: Literal["sync", "async"] = "sync",
+    presses: PressCounter | None = None,
 ) -> tuple[float, int, float]:
-    """One episode through the episode loop (sync by default): (score, length, median prediction ms)."""
+    """One episode through the episode loop (sync by default): (score, length, median prediction ms).
+
+    ``presses``, when given, counts the buttons of every played frame."""
     config = PlayConfig(mode=mode, max_frames=max_frames, video=False, actions_per_chunk=actions_per_chunk)
-    stats = run_episode(env, policy, config, seed=seed)
+    observer = PressRateObserver()
+    stats = run_episode(env, policy, config, [observer], seed=seed)
+    if presses is not None:
+        presses.merge(observer.counter)
     latency = float(np.median(stats.latencies_ms)) if stats.latencies_ms else 0.0
     return stats.score, stats.frames, latency
 
@@ -96,8 +117,11 @@ def run_benchmark(
                 except LookupError:
                     continue
                 for seed in seeds:
-                    score, length, latency = run_one(env, policy, seed, max_frames, actions_per_chunk, mode)
-                    results.append(EpisodeResult(env_id, name, seed, score, length, latency))
+                    presses = PressCounter()
+                    score, length, latency = run_one(
+                        env, policy, seed, max_frames, actions_per_chunk, mode, presses=presses
+                    )
+                    results.append(EpisodeResult(env_id, name, seed, score, length, latency, presses.rates()))
                     if on_episode is not None:
                         on_episode(results[-1])
         finally:
@@ -112,6 +136,11 @@ def summarize(results: Sequence[EpisodeResult]) -> list[Summary]:
     out = []
     for (env, name), rs in groups.items():
         scores = [r.score for r in rs]
+        frames = sum(r.length for r in rs if r.button_press_rate)
+        rates = {  # over all the group's frames: episodes weighted by their length
+            b: sum(r.button_press_rate[b] * r.length for r in rs if r.button_press_rate) / frames
+            for b in (rs[0].button_press_rate if frames else {})
+        }
         out.append(
             Summary(
                 env,
@@ -122,6 +151,7 @@ def summarize(results: Sequence[EpisodeResult]) -> list[Summary]:
                 statistics.fmean(r.length for r in rs),
                 statistics.fmean(r.latency_ms for r in rs),
                 scores,
+                {b: round(v, 6) for b, v in rates.items()},
             )
         )
     return out

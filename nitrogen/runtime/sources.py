@@ -3,6 +3,7 @@
 ``make_policy(source)`` understands every source a command accepts:
 
 * ``ckpt:PATH``: a checkpoint run in this process (:class:`~nitrogen.inference.session.InferenceSession`);
+  ``PATH`` may be ``hf://OWNER/REPO[/FILE][@REVISION]`` (:mod:`nitrogen.model.hub`);
 * ``default``: the shipped default agent, in process;
 * ``server:ADDR`` (``tcp://HOST:PORT``): a remote ``nitrogen serve`` (:class:`~nitrogen.serving.client.ModelClient`);
 * ``replay:PATH``: a run folder or its ``actions.jsonl``, played back frame by frame (:class:`ReplayPolicy`);
@@ -190,11 +191,13 @@ def make_policy(
     dtype: str | None = None,
     game: str | int | None = None,
     num_steps: int | None = None,
+    button_order: str | None = None,
 ) -> Policy:
     """The policy a source string names (see the module docstring).
 
     ``seed`` seeds an in-process model's noise and an agent's choices; ``device``, ``dtype``,
-    ``game`` and ``num_steps`` (Euler steps) apply to in-process models. Raises ``ValueError`` for an unknown source, and
+    ``game``, ``num_steps`` (Euler steps) and ``button_order`` (the checkpoint's, see
+    :data:`nitrogen.actions.BUTTON_ORDERS`; default alphabetical) apply to in-process models. Raises ``ValueError`` for an unknown source, and
     :class:`~nitrogen.runtime.experts.NoExpertError` (a ``LookupError``) when ``scripted`` has no
     expert for ``env``.
     """
@@ -208,8 +211,9 @@ def make_policy(
             value = str(agent_path())
         if not value:
             raise ValueError("ckpt: needs a path, e.g. ckpt:runs/mygame/model.pt")
+        order = {} if button_order is None else {"button_order": button_order}
         return InferenceSession.from_checkpoint(
-            value, device=device, dtype=dtype, game=game, seed=seed, num_steps=num_steps
+            value, device=device, dtype=dtype, game=game, seed=seed, num_steps=num_steps, **order
         )
     if kind == "server":
         from ..serving.client import ModelClient

@@ -109,3 +109,15 @@ def test_write_results_rewrites_atomically_with_readable_labels(tmp_path):
     assert "| ale:Gopher |" in paths["markdown"].read_text()
     image = cv2.imread(str(paths["png"]))
     assert image is not None and image.shape[1] == 3 * 360  # Freeway, Gopher, gap closed
+
+
+def test_eval_reports_per_button_press_rates_per_episode_and_summary(tmp_path):
+    results = run_benchmark(["ale:Breakout"], {"fire-right": lambda env: FireAndRight()}, seeds=[0], max_frames=50)
+    (episode,) = results
+    rates = episode.button_press_rate
+    # FireAndRight presses SOUTH on frames 1, 11, 21, ... and DPAD_RIGHT on the others.
+    assert rates["SOUTH"] == pytest.approx(5 / 50) and rates["DPAD_RIGHT"] == pytest.approx(45 / 50)
+    assert rates["GUIDE"] == 0.0 and len(rates) == 21
+    doc = json.loads(write_results(results, tmp_path / "eval")["json"].read_text())
+    assert doc["episodes"][0]["button_press_rate"] == rates
+    assert doc["summaries"][0]["button_press_rate"]["SOUTH"] == pytest.approx(0.1)

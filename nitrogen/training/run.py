@@ -79,6 +79,7 @@ def prepare_finetune(
     cache_dir: str | os.PathLike[str] | None = None,
     image_root: str | os.PathLike[str] | None = None,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    button_order: str = "alphabetical",
 ) -> PreparedFinetune:
     """Assemble a fine-tuning run, as ``nitrogen finetune`` does.
 
@@ -94,6 +95,8 @@ def prepare_finetune(
     * ``image_root``: the folder that image cells holding only a relative path are read from, never
       outside it; without it such cells are corrupt rows (training reads image bytes only).
       ``max_image_pixels``: the largest image decoded (checked on its header first).
+    * ``button_order``: the checkpoint's order of button dims (:data:`nitrogen.actions.BUTTON_ORDERS`);
+      training targets are permuted into it.
 
     Windows take the checkpoint's windowing and the frame size of its vision tower
     (:meth:`WindowConfig.from_checkpoint`). A game-conditioned checkpoint gets ``game_ids`` from
@@ -117,6 +120,7 @@ def prepare_finetune(
         game_mapping=raw.game_mapping,
         image_root=image_root,
         max_image_pixels=max_image_pixels,
+        button_order=button_order,
     )
     if eval_fraction:
         train_idx, eval_idx = split_by_episode(dataset, eval_fraction, seed=cfg.seed)
