@@ -296,6 +296,15 @@ def play_command(
     device: Annotated[str | None, typer.Option(help="For --ckpt: cuda, cpu, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="For --ckpt: float32 or bfloat16 weights.")] = None,
     game: Annotated[str | None, typer.Option(help="For --ckpt: the game to condition on, by name or id.")] = None,
+    input_: Annotated[
+        str,
+        typer.Option(
+            "--input", help="Desktop games: pad (virtual gamepad) or keys (keyboard and mouse via XTEST, Linux)."
+        ),
+    ] = "pad",
+    keymap: Annotated[
+        str | None, typer.Option(help="For --input keys: a preset (arrows, wasd-mouse) or a YAML/JSON keymap file.")
+    ] = None,
 ) -> None:
     """Let the agent play a game through a virtual gamepad, and record the run.
 
@@ -346,7 +355,11 @@ def play_command(
         else:
             from .desktop import make_desktop_env
 
-            game_env = make_desktop_env(process if process is not None else pid)
+            if input_ not in ("pad", "keys"):
+                raise ValueError("--input must be pad or keys")
+            if keymap is not None and input_ != "keys":
+                raise ValueError("--keymap goes with --input keys")
+            game_env = make_desktop_env(process if process is not None else pid, input=input_, keymap=keymap)
     except (NitrogenError, ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     try:
