@@ -279,9 +279,7 @@ def wait_for_window(
     include_children: bool = True,
 ) -> WindowInfo:
     """:func:`find_window`, polling up to ``timeout`` seconds for a window that appears late."""
-    return find_window(
-        pid, display=display, title_hint=title_hint, include_children=include_children, timeout=timeout
-    )
+    return find_window(pid, display=display, title_hint=title_hint, include_children=include_children, timeout=timeout)
 
 
 RegionLike = Region | WindowInfo | Mapping[str, int] | Sequence[int]

@@ -128,9 +128,7 @@ class KeyMap(BaseModel):
     def _buttons(cls, v: dict[str, str]) -> dict[str, str]:
         for button, binding in v.items():
             if button not in _MAPPABLE:
-                raise ValueError(
-                    f"{_short(button)} is not a pad button; use one of {', '.join(sorted(_MAPPABLE))}"
-                )
+                raise ValueError(f"{_short(button)} is not a pad button; use one of {', '.join(sorted(_MAPPABLE))}")
             check_binding(binding)
         return v
 
@@ -199,20 +197,19 @@ def load_keymap(name_or_path: str | Path | KeyMap) -> KeyMap:
         if path.stat().st_size > _MAX_FILE_BYTES:
             raise ValueError(f"keymap file {path} is larger than {_MAX_FILE_BYTES} bytes")
         text, where = path.read_text(), str(path)
+    import yaml
+
     try:
         doc = _parse(text, where.lower())
-    except ValueError as exc:  # json.JSONDecodeError
-        raise ValueError(f"{where} is not valid JSON: line {getattr(exc, 'lineno', '?')}") from None
-    except Exception as exc:  # yaml.YAMLError
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON (line {exc.lineno})") from None
+    except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ValueError(f"{where} is not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
     if not isinstance(doc, dict):
-        raise ValueError(f"{where} must hold a mapping (name, buttons, left_stick, ...)")
+        raise ValueError(f"{where} must hold a mapping (name, buttons, left_stick, ...)")  # noqa: TRY004 (bad file)
     try:
         return KeyMap.model_validate(doc)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
+        problems = "; ".join(f"{_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise ValueError(f"invalid keymap {where}: {problems}") from None

@@ -22,6 +22,7 @@ talks to the X server:
 
 from __future__ import annotations
 
+import logging
 import weakref
 from types import TracebackType
 from typing import Any
@@ -32,10 +33,13 @@ from .keymap import MOUSE_BUTTONS, KeyMap, load_keymap
 
 __all__ = ["KeyboardMousePad", "keys_down"]
 
+log = logging.getLogger("nitrogen.desktop.keys")
+
 
 def _release(disp: Any, held: dict[str, tuple[str, int]]) -> None:
     """Release every held key and button (idempotent; the finalizer and :meth:`close` share it)."""
     from Xlib import X
+    from Xlib import error as xerror
     from Xlib.ext import xtest
 
     if not held:
@@ -44,8 +48,8 @@ def _release(disp: Any, held: dict[str, tuple[str, int]]) -> None:
         for kind, code in list(held.values()):
             xtest.fake_input(disp, X.KeyRelease if kind == "key" else X.ButtonRelease, code)
         disp.sync()
-    except Exception:  # the server may be gone: nothing is held there any more
-        pass
+    except (xerror.XError, xerror.ConnectionClosedError, OSError):
+        log.debug("X server gone while releasing keys: nothing is held there any more")
     held.clear()
 
 
@@ -135,7 +139,9 @@ class KeyboardMousePad:
             if self._wm:
                 if not self._activated:  # ask the window manager once, then leave focus to it
                     atom = self._disp.intern_atom("_NET_ACTIVE_WINDOW")
-                    msg = event.ClientMessage(window=self._window, client_type=atom, data=(32, [1, X.CurrentTime, 0, 0, 0]))
+                    msg = event.ClientMessage(
+                        window=self._window, client_type=atom, data=(32, [1, X.CurrentTime, 0, 0, 0])
+                    )
                     self._root.send_event(msg, event_mask=X.SubstructureRedirectMask | X.SubstructureNotifyMask)
                     self._activated = True
                 return
