@@ -340,6 +340,10 @@ def play_command(
         )
     except (ValidationError, ValueError, OSError, TypeError) as exc:
         _fail(ValueError(f"invalid play settings: {exc}"))
+    if input_ not in ("pad", "keys"):
+        _fail(ValueError("--input must be pad or keys"))
+    if keymap is not None and input_ != "keys":
+        _fail(ValueError("--keymap goes with --input keys"))
     if ckpt is not None:
         source = f"ckpt:{ckpt}"
     elif replay is not None:
@@ -355,10 +359,6 @@ def play_command(
         else:
             from .desktop import make_desktop_env
 
-            if input_ not in ("pad", "keys"):
-                raise ValueError("--input must be pad or keys")
-            if keymap is not None and input_ != "keys":
-                raise ValueError("--keymap goes with --input keys")
             game_env = make_desktop_env(process if process is not None else pid, input=input_, keymap=keymap)
     except (NitrogenError, ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
