@@ -315,6 +315,15 @@ def play_command(
     dtype: Annotated[str | None, typer.Option(help="For --ckpt: float32 or bfloat16 weights.")] = None,
     game: Annotated[str | None, typer.Option(help="For --ckpt: the game to condition on, by name or id.")] = None,
     button_order: Annotated[str | None, typer.Option(help="For --ckpt: " + BUTTON_ORDER_HELP)] = None,
+    input_: Annotated[
+        str,
+        typer.Option(
+            "--input", help="Desktop games: pad (virtual gamepad) or keys (keyboard and mouse via XTEST, Linux)."
+        ),
+    ] = "pad",
+    keymap: Annotated[
+        str | None, typer.Option(help="For --input keys: a preset (arrows, wasd-mouse) or a YAML/JSON keymap file.")
+    ] = None,
 ) -> None:
     """Let the agent play a game through a virtual gamepad, and record the run.
 
@@ -350,6 +359,10 @@ def play_command(
         )
     except (ValidationError, ValueError, OSError, TypeError) as exc:
         _fail(ValueError(f"invalid play settings: {exc}"))
+    if input_ not in ("pad", "keys"):
+        _fail(ValueError("--input must be pad or keys"))
+    if keymap is not None and input_ != "keys":
+        _fail(ValueError("--keymap goes with --input keys"))
     if ckpt is not None:
         source = f"ckpt:{ckpt}"
     elif replay is not None:
@@ -367,7 +380,7 @@ def play_command(
         else:
             from .desktop import make_desktop_env
 
-            game_env = make_desktop_env(process if process is not None else pid)
+            game_env = make_desktop_env(process if process is not None else pid, input=input_, keymap=keymap)
     except (NitrogenError, ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     try:

@@ -1,7 +1,8 @@
 """Play real desktop games: find the game's process and window, capture it, drive a virtual pad, pause it.
 
 Linux: :func:`find_process`, :class:`ProcessPauser` (SIGSTOP/SIGCONT), :func:`find_window` and
-:class:`ScreenCapture` (X11 + mss), :class:`VirtualPad` over uinput (:func:`open_virtual_pad`).
+:class:`ScreenCapture` (X11 + mss), :class:`VirtualPad` over uinput (:func:`open_virtual_pad`), and
+:class:`KeyboardMousePad` (keyboard and mouse through XTEST, mapped by a :class:`KeyMap`).
 Windows: :mod:`nitrogen.desktop.windows` (dxcam, vgamepad, a speed-hack pauser placeholder).
 
 Names are imported on first use, so ``import nitrogen.desktop`` pulls in neither OpenCV nor Xlib.
@@ -41,6 +42,12 @@ _EXPORTS: dict[str, str] = {
     "DesktopGameEnv": "env",
     "make_desktop_env": "env",
     "WindowsBackend": "windows",
+    "KeyboardMousePad": "keys",
+    "keys_down": "keys",
+    "KeyMap": "keymap",
+    "load_keymap": "keymap",
+    "wait_for_window": "capture",
+    "process_state": "pause",
 }
 
 __all__ = [
@@ -50,6 +57,8 @@ __all__ = [
     "DisplayUnavailableError",
     "FakeUInputDevice",
     "InputEvent",
+    "KeyMap",
+    "KeyboardMousePad",
     "PadUnavailableError",
     "Pauser",
     "PlatformNotSupportedError",
@@ -68,10 +77,14 @@ __all__ = [
     "encode_state",
     "find_process",
     "find_window",
+    "keys_down",
     "list_windows",
+    "load_keymap",
     "make_desktop_env",
     "open_uinput_device",
     "open_virtual_pad",
+    "process_state",
+    "wait_for_window",
 ]
 
 
@@ -89,7 +102,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .capture import ScreenCapture, find_window, list_windows
+    from .capture import ScreenCapture, find_window, list_windows, wait_for_window
     from .env import DesktopGameEnv, make_desktop_env
     from .errors import (
         AmbiguousProcessError,
@@ -100,7 +113,9 @@ if TYPE_CHECKING:
         ProcessNotFoundError,
         WindowNotFoundError,
     )
-    from .pause import Pauser, ProcessPauser
+    from .keymap import KeyMap, load_keymap
+    from .keys import KeyboardMousePad, keys_down
+    from .pause import Pauser, ProcessPauser, process_state
     from .process import ProcessCandidate, find_process
     from .uinput_pad import (
         FakeUInputDevice,

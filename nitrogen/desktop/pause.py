@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -27,7 +28,22 @@ from typing import Protocol, runtime_checkable
 
 from .errors import PlatformNotSupportedError, ProcessNotFoundError
 
-__all__ = ["Pauser", "ProcessPauser"]
+__all__ = ["Pauser", "ProcessPauser", "process_state"]
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``/proc/PID/stat`` (Linux): ``T`` stopped, ``R`` running, ``S`` sleeping...
+
+    None where there is no such file (another OS, or the process is gone).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "PID (comm) S ...": comm may hold spaces and parentheses, so split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[0].decode() if fields else None
 
 
 @runtime_checkable
@@ -45,7 +61,7 @@ class Pauser(Protocol):
 class ProcessPauser:
     """Pause/resume one process (POSIX: ``SIGSTOP``/``SIGCONT``); idempotent, resumes on exit."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, settle_s: float = 1.0) -> None:
         if sys.platform == "win32" or not hasattr(signal, "SIGSTOP"):
             raise PlatformNotSupportedError(
                 "ProcessPauser needs POSIX signals (SIGSTOP/SIGCONT); on Windows use "
@@ -56,6 +72,7 @@ class ProcessPauser:
         if pid == os.getpid():
             raise ValueError("refusing to pause the current process: it could never resume itself")
         self.pid = pid
+        self.settle_s = settle_s
         self._paused = False
 
     @property
@@ -64,7 +81,12 @@ class ProcessPauser:
         return self._paused
 
     def pause(self) -> None:
-        """Stop the process; a no-op when already paused. Raises if the process is gone."""
+        """Stop the process; a no-op when already paused. Raises if the process is gone.
+
+        A signal is delivered asynchronously, so on Linux this then waits (up to ``settle_s``
+        seconds) until ``/proc/PID/stat`` shows the process stopped (state ``T``): when it
+        returns, the game makes no more progress.
+        """
         if self._paused:
             return
         try:
@@ -72,6 +94,13 @@ class ProcessPauser:
         except ProcessLookupError:
             raise ProcessNotFoundError(f"cannot pause PID {self.pid}: no such process") from None
         self._paused = True
+        deadline = time.monotonic() + self.settle_s
+        while process_state(self.pid) not in (None, "T", "t", "Z", "X") and time.monotonic() < deadline:
+            time.sleep(0.0002)  # the kernel is delivering SIGSTOP
+
+    def state(self) -> str | None:
+        """The process's state letter from ``/proc`` (``T`` stopped, ``R``, ``S``, ...), or None."""
+        return process_state(self.pid)
 
     def resume(self) -> None:
         """Continue the process; a no-op when not paused or when the process has exited."""

@@ -53,3 +53,25 @@ def test_sync_play_pauses_around_each_prediction_and_drives_the_pad(tmp_path: Pa
     assert not [e for e in events if e[:2] == (1, 0x13B)]  # START (0x13b) never sent
     lines = [json.loads(x) for x in (Path(summary["run_dir"]) / "actions.jsonl").read_text().splitlines()]
     assert len(lines) == 36 and lines[0]["state"]["buttons"] == ["SOUTH"]
+
+
+def test_desktop_env_is_live_and_rejects_unknown_inputs() -> None:
+    import pytest
+
+    from nitrogen.desktop import make_desktop_env
+
+    assert DesktopGameEnv.live  # the play loop keeps it on the game clock in sync mode too
+    with pytest.raises(ValueError, match="input must be 'pad' or 'keys'"):
+        make_desktop_env(1, input="joystick")  # type: ignore[arg-type]
+
+
+def test_cli_checks_input_and_keymap() -> None:
+    from typer.testing import CliRunner
+
+    from nitrogen.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["play", "--pid", "1", "--replay", "x.jsonl", "--input", "joystick"])
+    assert result.exit_code == 1 and "--input must be pad or keys" in result.output
+    result = runner.invoke(app, ["play", "--pid", "1", "--replay", "x.jsonl", "--keymap", "arrows"])
+    assert result.exit_code == 1 and "--keymap goes with --input keys" in result.output

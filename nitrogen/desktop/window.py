@@ -38,7 +38,11 @@ class Region:
 
 @dataclass(frozen=True)
 class WindowInfo:
-    """A top-level window: its id (X11 window id or HWND), title and absolute client-area geometry."""
+    """A top-level window: its id (X11 window id or HWND), title and absolute client-area geometry.
+
+    ``pid`` is the process that owns the window, where it is known (X11: the X-Resource
+    extension's client PID, else ``_NET_WM_PID``).
+    """
 
     id: int
     title: str
@@ -47,6 +51,7 @@ class WindowInfo:
     width: int
     height: int
     visible: bool = True
+    pid: int | None = None
 
     @property
     def area(self) -> int:

@@ -68,7 +68,7 @@ class PlayConfig(BaseModel):
     realtime: bool | None = Field(
         None,
         description="step an embedded game on its clock, like a live one (default: in async mode only; "
-        "sync mode then runs it as fast as the policy allows)",
+        "sync mode then runs it as fast as the policy allows; a live desktop game is always on its clock)",
     )
     action_shift: int | None = Field(
         None, ge=0, description="frames between an observation and its chunk's first action (default: the policy's)"
@@ -344,7 +344,8 @@ class _Clock:
 
 def _game_clock(ep: _Episode) -> _Clock:
     fps = ep.config.fps or float(getattr(ep.env, "fps", 60.0))
-    realtime = ep.config.realtime if ep.config.realtime is not None else ep.config.mode == "async"
+    live = bool(getattr(ep.env, "live", False))  # a desktop game: one action per frame of its clock
+    realtime = ep.config.realtime if ep.config.realtime is not None else (ep.config.mode == "async" or live)
     return _Clock(fps, realtime)
 
 
