@@ -70,6 +70,7 @@ class DaggerConfig(BaseModel):
     eval_init: bool = Field(True, description="also evaluate the starting model (round -1 of the table)")
     actions_per_chunk: int | None = Field(None, ge=1, description="receding horizon while the model plays")
     explore: float = Field(0.0, ge=0.0, lt=1.0)
+    num_steps: int | None = Field(None, ge=1, description="Euler steps of the model (default: the checkpoint's)")
     device: str | None = None
 
     def round_beta(self, r: int) -> float:
@@ -194,7 +195,7 @@ def run_dagger(
     def play_eval(model: str) -> dict[str, Any]:
         started = _cpu_s()
         with make_env(config.env) as env:
-            policy = make_policy(f"ckpt:{model}", env=env, seed=0, device=config.device)
+            policy = make_policy(f"ckpt:{model}", env=env, seed=0, device=config.device, num_steps=config.num_steps)
             try:
                 result = evaluate(
                     env,
@@ -220,7 +221,10 @@ def run_dagger(
         log.info("round %d: recording %d episodes (beta %.3f) with %s", r, config.episodes, beta, current)
         t0 = _cpu_s()
         with make_env(config.env) as env:
-            policy = make_policy(f"ckpt:{current}", env=env, seed=r, device=config.device)
+            # With beta = 1 the expert drives every frame and the model's chunks are never played:
+            # the expert itself is then the loop's policy, which gives the same rows (see the tests).
+            driver = "scripted" if beta >= 1.0 else f"ckpt:{current}"
+            policy = make_policy(driver, env=env, seed=r, device=config.device, num_steps=config.num_steps)
             try:
                 info = record(
                     env,
