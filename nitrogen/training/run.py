@@ -79,12 +79,37 @@ def row_weights(
     return w
 
 
+def _separate_episodes(parts: list[Any], column: str) -> list[Any]:
+    """Integer episode ids made distinct across ``parts`` (each part's shifted past the previous
+    ones'), so that two recordings of one game, both numbered from episode 0 (DAgger rounds), stay
+    separate episodes instead of being merged and interleaved by frame number."""
+    import pyarrow as pa
+
+    if len(parts) < 2 or not all(column in p.column_names for p in parts):
+        return parts
+    columns = [p.data.column(column) for p in parts]
+    if not all(pa.types.is_integer(c.type) for c in columns):
+        return parts
+    out, offset = [], 0
+    for part, ids in zip(parts, columns, strict=True):
+        values = ids.to_numpy().astype(np.int64)
+        shifted = values - (values.min() if len(values) else 0) + offset
+        offset = int(shifted.max()) + 1 if len(values) else offset
+        out.append(part.remove_columns([column]).add_column(column, shifted.tolist()))
+    return out
+
+
 def _aggregate(
-    sources: Sequence[Any], weights: Sequence[float], intervention_weight: float, passive_weight: float
+    sources: Sequence[Any],
+    weights: Sequence[float],
+    intervention_weight: float,
+    passive_weight: float,
+    episode_column: str = "episode_id",
 ) -> tuple[Any, np.ndarray | None]:
     """Load and concatenate ``sources`` with their per-row weights (None when all are 1). Label
-    columns are dropped when only some sources have them, so DAgger rounds mix with plain recordings."""
-    parts = [load_gameplay(s) for s in sources]
+    columns are dropped when only some sources have them, so DAgger rounds mix with plain recordings,
+    and integer episode ids are made distinct across sources (:func:`_separate_episodes`)."""
+    parts = _separate_episodes([load_gameplay(s) for s in sources], episode_column)
     w = np.concatenate(
         [row_weights(p, wt, intervention_weight, passive_weight) for p, wt in zip(parts, weights, strict=True)]
     )
@@ -182,11 +207,13 @@ def prepare_finetune(
     ):
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    table, per_row = _aggregate(sources, weights, intervention_weight, passive_weight)
+    columns = _column_mapping(mapping, deadzone)
+    episode_column = (columns or MappingConfig()).episode_id
+    table, per_row = _aggregate(sources, weights, intervention_weight, passive_weight, episode_column)
     dataset = GameplayDataset(
         table,
         window,
-        mapping=_column_mapping(mapping, deadzone),
+        mapping=columns,
         skip_bad=skip_bad,
         cache_dir=cache_dir,
         game_mapping=raw.game_mapping,
