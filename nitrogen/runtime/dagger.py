@@ -80,8 +80,9 @@ class DaggerConfig(BaseModel):
         return [self.record_seed + r * self.episodes + i for i in range(self.episodes)]
 
     def same_run(self, other: DaggerConfig) -> list[str]:
-        """Fields that differ from ``other`` other than ``rounds`` (a resumed run may add rounds)."""
-        mine, theirs = self.model_dump(exclude={"rounds"}), other.model_dump(exclude={"rounds"})
+        """Fields that differ from ``other`` other than ``rounds`` (a resumed run may add rounds) and
+        ``device`` (it may resume elsewhere)."""
+        mine, theirs = self.model_dump(exclude={"rounds", "device"}), other.model_dump(exclude={"rounds", "device"})
         return sorted(k for k in mine if mine[k] != theirs[k])
 
 

@@ -128,6 +128,11 @@ class HumanLabeller:
     def reset(self, env: Any, seed: int | None) -> None:
         self.person.reset(env, seed)
 
+    def close(self) -> None:
+        close = getattr(self.person, "close", None)  # the person's window
+        if close is not None:
+            close()
+
     def decide(self, env: Any, frame: np.ndarray, proposed: GamepadState) -> Decision:
         state, held = self.person.read(env, frame)
         if held or state != NEUTRAL:
@@ -481,10 +486,14 @@ def record(
     )
     played = labelled if labelled is not None else env
     interrupted = False
-    for episode in range(episodes):
-        stats = run_episode(played, policy, config, [writer], seed=seed + episode, episode=episode)
-        if stats.interrupted:
-            interrupted = True  # a deliberate stop: keep every frame played
-            break
+    try:
+        for episode in range(episodes):
+            stats = run_episode(played, policy, config, [writer], seed=seed + episode, episode=episode)
+            if stats.interrupted:
+                interrupted = True  # a deliberate stop: keep every frame played
+                break
+    finally:
+        if labelled is not None and isinstance(label, str) and hasattr(labelled.labeller, "close"):
+            labelled.labeller.close()  # a labeller made here (the human's window) is closed here
     writer.writer.flush()
     return writer.write_info(complete=True, interrupted=interrupted)
