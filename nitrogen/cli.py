@@ -452,7 +452,10 @@ def demo(
 def finetune(
     data: Annotated[
         list[str],
-        typer.Option(help="Dataset: hub id, folder, parquet file or save_to_disk folder; repeat to train on several."),
+        typer.Option(
+            help="Dataset: hub id, folder, parquet file or save_to_disk folder; repeat to train on several. "
+            "DIR:WEIGHT weights a dataset's rows (e.g. runs/round-02:2)."
+        ),
     ],
     ckpt: Annotated[
         str, typer.Option(help="Checkpoint to start from (e.g. the released ng.pt), or init:PRESET for a fresh model.")
@@ -481,18 +484,29 @@ def finetune(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/latest.")] = False,
     button_order: Annotated[str, typer.Option(help=BUTTON_ORDER_HELP)] = "alphabetical",
+    intervention_weight: Annotated[
+        float, typer.Option(help="Weight of rows a person drove (intervention) in human-labelled recordings.", min=0.0)
+    ] = 1.0,
+    passive_weight: Annotated[
+        float,
+        typer.Option(help="Weight of the other rows of human-labelled recordings (0 drops them).", min=0.0),
+    ] = 1.0,
 ) -> None:
     """Fine-tune a checkpoint on a gameplay dataset, with LoRA or fully (also under `accelerate launch`)."""
     from pydantic import ValidationError
 
     from .data.schema import CorruptRowError
     from .training.run import finetune as run_finetune
-    from .training.run import prepare_finetune
+    from .training.run import parse_data_spec, prepare_finetune
 
     try:
+        sources, weights = zip(*(parse_data_spec(d) for d in data), strict=True)
         prep = prepare_finetune(
-            data,
+            list(sources),
             ckpt,
+            weights=list(weights),
+            intervention_weight=intervention_weight,
+            passive_weight=passive_weight,
             config=config,
             overrides=set_ or [],
             mapping=mapping,
@@ -552,12 +566,31 @@ def record_command(
     ] = None,
     mode: Annotated[str, typer.Option(help="sync (the game waits for the policy) or async (it never waits).")] = "sync",
     device: Annotated[str | None, typer.Option(help="For ckpt: policies.")] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="scripted: the expert labels every frame the policy reaches (DAgger); human: you take over "
+            "when the policy goes wrong (HG-DAgger). Rows then hold the label, plus driver, agrees, intervention."
+        ),
+    ] = None,
+    beta: Annotated[
+        float, typer.Option(help="With --label scripted: chance per frame that the expert drives.", min=0.0, max=1.0)
+    ] = 0.0,
+    takeover_key: Annotated[
+        str | None,
+        typer.Option(help="With --label human: hold this key (a pygame key name, e.g. 'left shift') to drive."),
+    ] = None,
 ) -> None:
     """Record gameplay as a Hugging Face dataset in the fine-tuning schema."""
     _check_mode(mode)
     from .envs import make_env
-    from .runtime.dataset_writer import record
+    from .runtime.dataset_writer import LABEL_KINDS, record
     from .runtime.sources import make_policy
+
+    if label is not None and label not in LABEL_KINDS:
+        _fail(ValueError(f"--label must be one of {', '.join(LABEL_KINDS)}"))
+    if label is None and (beta or takeover_key):
+        _fail(ValueError("--beta and --takeover-key need --label"))
 
     try:
         game_env = make_env(env)
@@ -580,8 +613,11 @@ def record_command(
             explore=explore,
             actions_per_chunk=actions_per_chunk,
             mode=mode,
+            label=label,
+            beta=beta,
+            takeover_key=takeover_key,
         )
-    except (FileExistsError, ValueError) as exc:
+    except (NitrogenError, FileExistsError, ValueError) as exc:
         _fail(exc)
     finally:
         game_env.close()
@@ -590,6 +626,76 @@ def record_command(
         f"recorded {summary['frames']} frames in {len(summary['shards'])} shard(s) to {out / 'data'}; "
         f"scores {summary['scores']}"
     )
+    if label is not None:
+        agreement = summary["agreement"]
+        console.print(
+            f"drivers {summary['driver_frames']}; {summary['intervention_frames']} intervention frames; agreement "
+            f"with the {label} labeller in the policy's own states: {'-' if agreement is None else f'{agreement:.2f}'}"
+        )
+
+
+@app.command("dagger")
+def dagger_command(
+    env: Annotated[str, typer.Option(help="Embedded game with a scripted expert: ale:Gopher, ale:Boxing, ...")],
+    init: Annotated[str, typer.Option(help="Released-format checkpoint of round 0 (or init:PRESET).")],
+    out: Annotated[Path, typer.Option(help="Run folder: dagger.json, dagger.png, round-NN/.")],
+    expert: Annotated[str, typer.Option(help="The labeller: scripted.")] = "scripted",
+    rounds: Annotated[int, typer.Option(help="Rounds of record, aggregate, fine-tune, evaluate.", min=1)] = 3,
+    episodes: Annotated[int, typer.Option(help="Episodes recorded per round.", min=1)] = 2,
+    max_frames: Annotated[int, typer.Option(help="Frames per recorded episode.", min=1)] = 1000,
+    record_seed: Annotated[int, typer.Option(help="Round r, episode i records seed SEED + r*episodes + i.")] = 1000,
+    beta: Annotated[float, typer.Option(help="Chance per frame that the expert drives, round 0.", min=0, max=1)] = 0.0,
+    beta_decay: Annotated[float, typer.Option(help="Round r uses beta * decay**r.", min=0, max=1)] = 1.0,
+    steps: Annotated[int, typer.Option(help="Training steps per round.", min=1)] = 200,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="FinetuneConfig override for every round, key=value.")
+    ] = None,
+    eval_seeds: Annotated[str, typer.Option(help="Held-out seeds, comma-separated.")] = "0,1,2",
+    eval_max_frames: Annotated[int, typer.Option(help="Frames per evaluation episode.", min=1)] = 1000,
+    actions_per_chunk: Annotated[int | None, typer.Option(help="The model plays N actions per chunk.", min=1)] = None,
+    num_steps: Annotated[int | None, typer.Option(help="Euler steps (default: the checkpoint's).", min=1)] = None,
+    device: Annotated[str | None, typer.Option(help="Torch device of the model.")] = None,
+) -> None:
+    """DAgger: the model plays, the expert labels its states, aggregate, fine-tune, evaluate; resumable."""
+    from pydantic import ValidationError
+
+    from .runtime.dagger import PLOT_FILE, DaggerConfig, run_dagger
+
+    try:
+        config = DaggerConfig(
+            env=env,
+            init=init,
+            expert=expert,
+            rounds=rounds,
+            episodes=episodes,
+            max_frames=max_frames,
+            record_seed=record_seed,
+            beta=beta,
+            beta_decay=beta_decay,
+            steps=steps,
+            overrides=set_ or [],
+            eval_seeds=[int(s) for s in eval_seeds.split(",") if s.strip()],
+            eval_max_frames=eval_max_frames,
+            actions_per_chunk=actions_per_chunk,
+            num_steps=num_steps,
+            device=device,
+        )
+    except (ValidationError, ValueError) as exc:
+        _fail(exc)
+
+    def report(entry: dict[str, Any]) -> None:
+        e = entry["eval"]
+        agreement = "-" if e["agreement"] is None else f"{e['agreement']:.2f}"
+        console.print(
+            f"round {entry['round']}: {entry['frames_labelled_total']} frames labelled, score "
+            f"{e['score_mean']:g} ± {e['score_std']:.1f} on seeds {e['seeds']}, agreement in own states {agreement}"
+        )
+
+    try:
+        state = run_dagger(config, out, on_round=report)
+    except (NitrogenError, ValidationError, ValueError, OSError) as exc:
+        _fail(exc)
+    console.print(f"{len(state['rounds'])} rounds in {out / 'dagger.json'}; plot {out / PLOT_FILE}")
 
 
 data_app = typer.Typer(help="Datasets: import the released NitroGen dataset.", no_args_is_help=True)

@@ -193,3 +193,46 @@ def test_info_refuses_a_checkpoint_that_does_not_match_its_config(tiny_ckpt, tmp
             result = runner.invoke(app, ["info", str(tmp_path / name), *args])
             assert result.exit_code == 1, result.output
             assert re.search(message, result.output) and "Traceback" not in result.output
+
+
+def test_dagger_record_finetune_and_loop_commands(tiny_ckpt, tmp_path):
+    """record --label scripted, finetune --data DIR:WEIGHT on it, and one `nitrogen dagger` round."""
+    from nitrogen.data import load_gameplay
+
+    data = tmp_path / "labelled"
+    args = ["record", "--env", "ale:Gopher", "--policy", f"ckpt:{tiny_ckpt}", "--max-frames", "40"]
+    result = runner.invoke(app, [*args, "--label", "scripted", "--beta", "0.5", "--out", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "agreement with the scripted labeller in the policy's own states" in " ".join(result.output.split())
+    rows = load_gameplay(data / "data")[:]
+    assert set(rows["driver"]) == {"policy", "expert"} and len(rows["agrees"]) == 40
+    bad = runner.invoke(app, [*args, "--beta", "0.5", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "need --label" in " ".join(bad.output.split())
+
+    fast = ["--set=max_steps=1", "--set=batch_size=2", "--set=progress=false", "--set=save_every=0"]
+    tuned = tmp_path / "tuned"
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            f"{data / 'data'}:2",
+            "--ckpt",
+            str(tiny_ckpt),
+            "--out",
+            str(tuned),
+            "--eval-fraction",
+            "0",
+            *fast,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tuned / "model.pt").is_file()
+
+    run = tmp_path / "dagger"
+    loop = ["dagger", "--env", "ale:Gopher", "--init", str(tuned / "model.pt"), "--out", str(run), "--rounds", "1"]
+    loop += ["--episodes", "1", "--max-frames", "30", "--steps", "1", "--eval-seeds", "5", "--eval-max-frames", "20"]
+    result = runner.invoke(app, [*loop, "--set", "batch_size=2", "--set", "progress=false", "--set", "save_every=0"])
+    assert result.exit_code == 0, result.output
+    assert "round 0: 30 frames labelled" in " ".join(result.output.split())
+    assert json.loads((run / "dagger.json").read_text())["rounds"][0]["frames_labelled"] == 30

@@ -216,6 +216,11 @@ class GameplayDataset(torch.utils.data.Dataset):
     button dims (:data:`nitrogen.actions.BUTTON_ORDERS`); item ``actions`` are permuted into it by
     :func:`nitrogen.gamepad.reorder_buttons` (:attr:`row_actions` stay in the layout's order). ``max_image_pixels``: the largest
     ``width * height`` decoded (see :mod:`nitrogen.data.images`).
+
+    ``row_weights``: one non-negative training weight per dataset row (e.g. per source dataset, or
+    for DAgger's intervention rows). Each action row of a window then carries its row's weight in
+    ``action_mask``, which the flow-matching loss already uses as a per-entry weight
+    (``sum(err * mask) / sum(mask)``); without it the mask is all ones, as before.
     """
 
     def __init__(
@@ -230,10 +235,18 @@ class GameplayDataset(torch.utils.data.Dataset):
         image_root: str | os.PathLike[str] | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         button_order: str = DEFAULT_BUTTON_ORDER,
+        row_weights: Sequence[float] | np.ndarray | None = None,
         **window: Any,
     ) -> None:
         if config is not None and window:
             raise TypeError("pass either config= or window keyword arguments, not both")
+        self.row_weights = None if row_weights is None else np.asarray(row_weights, dtype=np.float32)
+        if self.row_weights is not None and (
+            self.row_weights.shape != (len(data),)
+            or not np.isfinite(self.row_weights).all()
+            or (self.row_weights < 0).any()
+        ):
+            raise ValueError(f"row_weights must be {len(data)} finite non-negative numbers, one per row")
         self.config = config or WindowConfig(**window)
         self.button_order = check_button_order(button_order)
         self.images = ImageReader(image_root=image_root, max_pixels=max_image_pixels)
@@ -497,12 +510,17 @@ class GameplayDataset(torch.utils.data.Dataset):
             "pixels": to_pixels(frames),
             "frame_valid": torch.from_numpy(frame_rows >= 0),
             "actions": actions,
-            "action_mask": torch.ones_like(actions),
+            "action_mask": torch.ones_like(actions) if self.row_weights is None else self._weights(action_rows),
             "index": anchor,
         }
         if (game_id := self.window_game_id(i)) is not None:
             item["game_ids"] = torch.tensor(game_id, dtype=torch.long)
         return item
+
+    def _weights(self, action_rows: np.ndarray) -> torch.Tensor:
+        """``action_mask (H, 25)``: each action row's weight, repeated over the 25 dims."""
+        w_h = torch.from_numpy(self.row_weights[action_rows].copy())  # (H,)
+        return w_h[:, None].expand(-1, self.row_actions.shape[1]).contiguous()
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = len(self)

@@ -5,6 +5,8 @@
 * :func:`eval_chart` (:func:`eval_figure`): one panel per game on its own score scale, and a "gap closed" panel where
   every game is normalised to random = 0 and expert = 1 (``results.png`` of ``nitrogen eval``).
   It takes plain :class:`ScoreRow` data, so it knows nothing of the benchmark harness.
+* :func:`dagger_chart` (:func:`dagger_figure`): score (mean, std whiskers) and agreement with the
+  expert in the agent's own states against the round (``dagger.png`` of ``nitrogen dagger``).
 
 Figures are :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas directly, so the
 backend is Agg whatever ``pyplot`` is set to, and no global pyplot state (current figure, backend)
@@ -24,7 +26,7 @@ from typing import Any
 
 from ..atomic import atomic_write
 
-__all__ = ["ScoreRow", "curves_figure", "eval_chart", "eval_figure", "plot_curves"]
+__all__ = ["ScoreRow", "curves_figure", "dagger_chart", "dagger_figure", "eval_chart", "eval_figure", "plot_curves"]
 
 Series = Sequence[tuple[int, float]]
 
@@ -303,3 +305,64 @@ def _bars(
             va="center",
             fontsize=9,
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# DAgger rounds
+# --------------------------------------------------------------------------------------------------
+
+RoundPoint = tuple[int, float, float, "float | None"]
+"""``(round, score_mean, score_std, agreement)``; round -1 is the starting model."""
+
+
+def dagger_chart(
+    series: dict[str, Sequence[RoundPoint]],
+    path: str | os.PathLike[str],
+    *,
+    references: dict[str, float] | None = None,
+    size: tuple[int, int] = (900, 420),
+) -> Path:
+    """Write :func:`dagger_figure` to ``path`` (PNG, atomically); returns it."""
+    return _save_png(dagger_figure(series, references=references, size=size), path)
+
+
+def dagger_figure(
+    series: dict[str, Sequence[RoundPoint]],
+    *,
+    references: dict[str, float] | None = None,
+    size: tuple[int, int] = (900, 420),
+) -> Any:
+    """Two panels against the round: the score (dots and std whiskers, one line per run, e.g.
+    DAgger and plain cloning) with dashed ``references`` (e.g. ``{"random": 202, "expert": 520}``),
+    and the agreement with the expert in the agent's own states (0-100%). Round -1 is drawn as
+    "start"; an agreement of None is left out."""
+    fig = _new_figure(*size)
+    score_ax, agree_ax = fig.subplots(1, 2)
+    rounds: set[int] = set()
+    for k, (label, points) in enumerate(series.items()):
+        colour = _POLICY_COLOURS[k % len(_POLICY_COLOURS)]
+        pts = sorted(points)
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        rounds.update(xs)
+        score_ax.errorbar(
+            xs, [p[1] for p in pts], yerr=[p[2] for p in pts], color=colour, marker="o", capsize=3, label=label
+        )
+        agreed = [(p[0], p[3]) for p in pts if p[3] is not None]
+        if agreed:
+            agree_ax.plot(*zip(*agreed, strict=True), color=colour, marker="o", label=label)
+    for name, value in (references or {}).items():
+        score_ax.axhline(value, color=_BASELINE_COLOURS.get(name, "#808080"), linestyle="--", linewidth=1)
+        score_ax.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
+    ticks = sorted(rounds)
+    for ax, title in ((score_ax, "score (whisker: std over seeds)"), (agree_ax, "agreement in own states")):
+        ax.set_xticks(ticks, ["start" if r < 0 else str(r) for r in ticks])
+        ax.set_xlabel("round")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if series:
+            ax.legend(loc="best", fontsize=8)
+    agree_ax.set_ylim(0.0, 1.0)
+    agree_ax.yaxis.set_major_formatter(_percent_formatter())
+    return fig

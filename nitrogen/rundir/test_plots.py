@@ -106,3 +106,20 @@ def test_eval_chart_without_baselines_or_rows(tmp_path: Path) -> None:
     assert cv2.imread(str(eval_chart(tmp_path / "none.png", []))) is not None
     with pytest.raises(ValueError, match="two rows"):
         eval_figure([ROWS[0], ROWS[0]])
+
+
+def test_dagger_chart_draws_score_and_agreement_against_the_round(tmp_path: Path) -> None:
+    from nitrogen.rundir.plots import dagger_chart, dagger_figure
+
+    series = {
+        "dagger": [(-1, 5.0, 2.0, 0.3), (0, 8.0, 1.0, 0.5), (1, 9.0, 0.5, 0.6)],
+        "bc": [(0, 6.0, 1.0, 0.4), (1, 6.5, 1.0, None)],
+    }
+    fig = dagger_figure(series, references={"random": 1.0, "expert": 20.0})
+    score_ax, agree_ax = fig.axes
+    assert [t.get_text() for t in score_ax.get_xticklabels()] == ["start", "0", "1"]
+    assert agree_ax.get_ylim() == (0.0, 1.0)
+    assert [len(line.get_xdata()) for line in agree_ax.get_lines()] == [3, 1]  # None is left out
+    assert sorted(line.get_ydata()[0] for line in score_ax.get_lines() if line.get_linestyle() == "--") == [1.0, 20.0]
+    path = dagger_chart(series, tmp_path / "dagger.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

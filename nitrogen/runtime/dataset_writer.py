@@ -26,12 +26,34 @@ every row keeps the policy's own action for its frame. The dataset then shows ho
 from states it would never reach by itself, which is what a cloned policy needs when its own small
 mistakes take it there. A deterministic expert on a deterministic game (sticky actions are off) would
 otherwise play the same episode on every seed.
+
+**A driver and a labeller (DAgger, HG-DAgger).** With ``label`` set, the frames are still played by
+the one episode loop, but each frame's action is decided by a *driver* and each row stores the
+*labeller's* action for that frame. :class:`LabelledEnv` wraps the env between the loop and the
+game: on every ``step`` it asks the labeller, on the very state the frame shows, what it would do,
+and then steps the game with the driver's action. Nothing else changes, so frames and actions stay
+aligned exactly as in plain recording (the action shift, the chunk boundaries, async play):
+
+* ``label="scripted"``: the scripted expert reads the emulator RAM, so it labels any state the
+  agent reaches. Per frame the expert drives with probability ``beta`` (its action is executed),
+  the policy otherwise; ``beta=1`` is plain expert recording.
+* ``label="human"``: the policy drives; while the person holds the takeover key, or touches the pad
+  or the mapped keys, the person drives and labels (``intervention: true``). Rows where nobody
+  intervened are written too, labelled with the policy's own action and ``intervention: false``,
+  so training can weight or drop them (``nitrogen finetune --passive-weight``).
+
+Labelled rows carry four more columns: ``driver`` (``policy``, ``expert``, ``human``, or
+``explore`` for a frame of an exploration burst), ``agrees`` (the executed action is the label, as
+the game sees it: the same Atari action), ``intervention`` and ``labeller`` (``scripted`` or
+``human``). ``info.json`` adds ``label``, ``beta``, per-driver frame counts and ``agreement``: the
+share of policy-driven frames whose action equals the label (agreement in the agent's own states).
 """
 
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,17 +61,143 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_json
 from ..data.schema import BUTTON_COLUMNS, PHYSICAL_BUTTONS
-from ..gamepad import GamepadState
+from ..gamepad import NEUTRAL, GamepadState
 from ..policy import Policy
 from .loop import EpisodeStats, Observer, PlayConfig, Step, run_episode
 from .sources import as_policy
 
 DATA_DIR = "data"
 INFO_FILE = "info.json"
+LABEL_KINDS: tuple[str, ...] = ("scripted", "human")
+LABEL_COLUMNS: tuple[str, ...] = ("driver", "agrees", "intervention", "labeller")
+"""The columns a labelled recording adds (see the module docstring)."""
 
 
-def _features() -> Any:
-    """The ``datasets.Features`` of a recorded shard."""
+@dataclass(frozen=True)
+class Decision:
+    """What one frame of a labelled recording did: the label, what was sent, who sent it."""
+
+    label: GamepadState
+    executed: GamepadState
+    driver: str
+    intervention: bool = False
+
+
+class ScriptedLabeller:
+    """A scripted expert as labeller: it labels every frame; it drives with probability ``beta``.
+
+    The coin is drawn per frame from a generator seeded by the episode seed, so a recording is
+    reproducible. ``beta=1`` executes the expert's every action: plain expert recording.
+    """
+
+    kind = "scripted"
+
+    def __init__(self, expert: Any, beta: float = 0.0) -> None:
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        self.expert, self.beta = expert, float(beta)
+        self.name = str(getattr(expert, "name", type(expert).__name__))
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, env: Any, seed: int | None) -> None:
+        self.expert.reset(env, seed)
+        self.rng = np.random.default_rng(None if seed is None else [seed, 2])
+
+    def decide(self, env: Any, frame: np.ndarray, proposed: GamepadState) -> Decision:
+        label = self.expert.act(env, frame)  # on the state this frame shows, before it is stepped
+        expert_drives = self.beta >= 1.0 or (self.beta > 0.0 and self.rng.random() < self.beta)
+        return Decision(label, label if expert_drives else proposed, "expert" if expert_drives else "policy")
+
+
+class HumanLabeller:
+    """A person as labeller (HG-DAgger): the policy plays until the person takes over.
+
+    ``person`` has ``read(env, frame) -> (state, takeover_held)`` and ``reset(env, seed)``:
+    :class:`~nitrogen.runtime.human.HumanAgent` (window, keyboard and pad), or a scripted stream in
+    tests. The person drives on a frame while the takeover key is held or their input is not neutral;
+    such a row is labelled with their state and marked ``intervention``. Other rows keep the
+    policy's action as the label.
+    """
+
+    kind = "human"
+
+    def __init__(self, person: Any) -> None:
+        self.person = person
+        self.name = str(getattr(person, "name", "human"))
+
+    def reset(self, env: Any, seed: int | None) -> None:
+        self.person.reset(env, seed)
+
+    def close(self) -> None:
+        close = getattr(self.person, "close", None)  # the person's window
+        if close is not None:
+            close()
+
+    def decide(self, env: Any, frame: np.ndarray, proposed: GamepadState) -> Decision:
+        state, held = self.person.read(env, frame)
+        if held or state != NEUTRAL:
+            return Decision(state, state, "human", intervention=True)
+        return Decision(proposed, proposed, "policy")
+
+
+def make_labeller(
+    kind: str, env: Any, *, seed: int | None = None, beta: float = 0.0, takeover_key: str | None = None
+) -> Any:
+    """The labeller ``kind`` names (``scripted`` or ``human``) for ``env``."""
+    if kind == "scripted":
+        from .agents import make_agent
+
+        return ScriptedLabeller(make_agent("scripted", str(env.spec_id), seed), beta)
+    if kind == "human":
+        if beta:
+            raise ValueError("--beta applies to the scripted labeller; a person takes over with the takeover key")
+        from .human import HumanAgent
+
+        return HumanLabeller(HumanAgent(seed, takeover_key=takeover_key))
+    raise ValueError(f"unknown labeller {kind!r}: use one of {', '.join(LABEL_KINDS)}")
+
+
+def same_action(env: Any, a: GamepadState, b: GamepadState) -> bool:
+    """Whether ``a`` and ``b`` do the same in ``env``: the same Atari action where the env maps
+    pads to actions, else the same schema cells (buttons and sticks)."""
+    to_action = getattr(env, "to_env_action", None)
+    if to_action is not None:
+        return to_action(a) == to_action(b)
+    return state_columns(a) == state_columns(b)
+
+
+class LabelledEnv:
+    """``env`` with a labeller between the episode loop and the game (see the module docstring).
+
+    ``step(state)`` asks the labeller for its :class:`Decision` on the current frame (``state`` is
+    what the loop would send), steps the game with ``decision.executed`` and keeps the decision in
+    :attr:`last` for the dataset writer. Every other attribute is the env's.
+    """
+
+    def __init__(self, env: Any, labeller: Any) -> None:
+        self.env, self.labeller = env, labeller
+        self.frame: np.ndarray | None = None
+        self.last: Decision | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        self.frame, info = self.env.reset(seed=seed)
+        self.labeller.reset(self.env, seed)
+        self.last = None
+        return self.frame, info
+
+    def step(self, state: GamepadState) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        decision = self.labeller.decide(self.env, self.frame, state)
+        self.last = decision
+        frame, reward, terminated, truncated, info = self.env.step(decision.executed)
+        self.frame = frame
+        return frame, reward, terminated, truncated, info
+
+
+def _features(labelled: bool = False) -> Any:
+    """The ``datasets.Features`` of a recorded shard (with :data:`LABEL_COLUMNS` when ``labelled``)."""
     import datasets
 
     feats: dict[str, Any] = {"image": datasets.Image()}
@@ -61,6 +209,11 @@ def _features() -> Any:
     feats["reward"] = datasets.Value("float64")
     feats["score"] = datasets.Value("float64")
     feats["game"] = datasets.Value("string")
+    if labelled:
+        feats["driver"] = datasets.Value("string")
+        feats["agrees"] = datasets.Value("bool")
+        feats["intervention"] = datasets.Value("bool")
+        feats["labeller"] = datasets.Value("string")
     return datasets.Features(feats)
 
 
@@ -88,9 +241,9 @@ def state_columns(state: GamepadState) -> dict[str, Any]:
 class _ShardWriter:
     """Buffers rows and writes them as numbered parquet shards, atomically."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, labelled: bool = False) -> None:
         self.data_dir = data_dir
-        self.features = _features()
+        self.features = _features(labelled)
         self.columns: dict[str, list[Any]] = {name: [] for name in self.features}
         self.shards: list[str] = []
         self.rows_written = 0
@@ -121,6 +274,44 @@ class _ShardWriter:
         self.columns = {k: [] for k in self.columns}
 
 
+class LabelTally:
+    """Counts a labelled recording's frames per driver and the policy-driven frames that agree."""
+
+    def __init__(self) -> None:
+        self.drivers: dict[str, int] = {}
+        self.policy_frames = 0
+        self.policy_agrees = 0
+        self.interventions = 0
+
+    def add(self, labelled: LabelledEnv, step: Step) -> dict[str, Any]:
+        """The label cells of ``step``'s row (the decision :class:`LabelledEnv` just made), counted."""
+        decision = labelled.last
+        driver = decision.driver
+        if driver == "policy" and step.executed != step.action:
+            driver = "explore"  # the loop sent a burst of random actions, not the policy's
+        agrees = same_action(labelled.env, decision.executed, decision.label)
+        self.drivers[driver] = self.drivers.get(driver, 0) + 1
+        if driver == "policy":
+            self.policy_frames += 1
+            self.policy_agrees += agrees
+        self.interventions += decision.intervention
+        return {
+            **state_columns(decision.label),  # the labeller's action, not the driver's
+            "driver": driver,
+            "agrees": agrees,
+            "intervention": decision.intervention,
+            "labeller": labelled.labeller.kind,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "driver_frames": dict(self.drivers),
+            "policy_frames": self.policy_frames,
+            "intervention_frames": self.interventions,
+            "agreement": self.policy_agrees / self.policy_frames if self.policy_frames else None,
+        }
+
+
 class DatasetWriter(Observer):
     """The loop observer that writes played frames as rows, shard by shard, with ``info.json``.
 
@@ -128,30 +319,41 @@ class DatasetWriter(Observer):
     exploration burst's). ``describe`` gives the run metadata that ``info.json`` starts with.
     """
 
-    def __init__(self, out_dir: Path, *, game: str, shard_frames: int, describe: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        game: str,
+        shard_frames: int,
+        describe: dict[str, Any],
+        labelled: LabelledEnv | None = None,
+    ) -> None:
         self.out = out_dir
-        self.writer = _ShardWriter(out_dir / DATA_DIR)
+        self.labelled = labelled
+        self.writer = _ShardWriter(out_dir / DATA_DIR, labelled=labelled is not None)
         self.game, self.shard_frames, self.describe = game, shard_frames, describe
         self.seeds: list[int | None] = []
         self.scores: list[float] = []
         self.episode_frames: list[int] = []
         self.explored = 0
+        self.tally = LabelTally()
 
     def on_episode_start(self, episode: int, seed: int | None) -> None:
         self.seeds.append(seed)
 
     def on_step(self, step: Step) -> None:
-        self.writer.add(
-            {
-                "image": {"bytes": png_bytes(step.observation), "path": None},
-                **state_columns(step.action),
-                "episode_id": step.episode,
-                "frame": step.index,
-                "reward": step.reward,
-                "score": step.score,
-                "game": self.game,
-            }
-        )
+        row = {
+            "image": {"bytes": png_bytes(step.observation), "path": None},
+            **state_columns(step.action),
+            "episode_id": step.episode,
+            "frame": step.index,
+            "reward": step.reward,
+            "score": step.score,
+            "game": self.game,
+        }
+        if self.labelled is not None:
+            row |= self.tally.add(self.labelled, step)
+        self.writer.add(row)
         if len(self.writer) >= self.shard_frames:
             self.writer.flush()
             self.write_info(complete=False)
@@ -179,6 +381,7 @@ class DatasetWriter(Observer):
             "fps": self.describe.get("fps"),
             "explore": self.describe.get("explore"),
             "explored_frames": self.explored,
+            **(self.tally.summary() if self.labelled is not None else {}),
             "complete": complete,
         }
 
@@ -203,6 +406,9 @@ def record(
     actions_per_chunk: int | None = None,
     allow_menu: bool | None = None,
     mode: Literal["sync", "async"] = "sync",
+    label: str | Any | None = None,
+    beta: float = 0.0,
+    takeover_key: str | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes of ``env`` with ``policy`` and write them under ``out_dir``.
 
@@ -225,6 +431,10 @@ def record(
     ``FileExistsError`` if ``out_dir/data`` already holds parquet files. An exception from the env or
     policy propagates; completed shards stay on disk. A ``KeyboardInterrupt`` (Ctrl-C, or the human
     policy's window closed) ends the recording early instead, with every played frame written.
+
+    ``label`` (``"scripted"``, ``"human"``, or a labeller object with ``kind``, ``reset`` and
+    ``decide``) records with a driver and a labeller (see the module docstring); ``beta`` is the
+    scripted expert's chance to drive a frame, ``takeover_key`` the human labeller's switch key.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -256,12 +466,34 @@ def record(
     )
     env_id = str(getattr(env, "spec_id", type(env).__name__))
     describe = {"env": env_id, "agent": spec.name, "fps": getattr(env, "fps", None), "explore": explore}
-    writer = DatasetWriter(out, game=game if game is not None else env_id, shard_frames=shard_frames, describe=describe)
+    labelled = None
+    if label is not None:
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        labeller = (
+            make_labeller(label, env, seed=seed, beta=beta, takeover_key=takeover_key)
+            if isinstance(label, str)
+            else label
+        )
+        labelled = LabelledEnv(env, labeller)
+        describe |= {"label": labeller.kind, "labeller": labeller.name, "beta": beta, "takeover_key": takeover_key}
+    writer = DatasetWriter(
+        out,
+        game=game if game is not None else env_id,
+        shard_frames=shard_frames,
+        describe=describe,
+        labelled=labelled,
+    )
+    played = labelled if labelled is not None else env
     interrupted = False
-    for episode in range(episodes):
-        stats = run_episode(env, policy, config, [writer], seed=seed + episode, episode=episode)
-        if stats.interrupted:
-            interrupted = True  # a deliberate stop: keep every frame played
-            break
+    try:
+        for episode in range(episodes):
+            stats = run_episode(played, policy, config, [writer], seed=seed + episode, episode=episode)
+            if stats.interrupted:
+                interrupted = True  # a deliberate stop: keep every frame played
+                break
+    finally:
+        if labelled is not None and isinstance(label, str) and hasattr(labelled.labeller, "close"):
+            labelled.labeller.close()  # a labeller made here (the human's window) is closed here
     writer.writer.flush()
     return writer.write_info(complete=True, interrupted=interrupted)

@@ -9,6 +9,11 @@ keyboard. Closing the window or pressing Esc ends the recording (``KeyboardInter
 
 The pure parts, :func:`keyboard_buttons` and :func:`controller_state`, turn readings into a
 :class:`~nitrogen.gamepad.GamepadState`; they are what the tests exercise with exact inputs.
+
+As a *labeller* (``nitrogen record --policy ckpt:... --label human``, see
+:class:`nitrogen.runtime.dataset_writer.HumanLabeller`) the agent plays and the person watches;
+:meth:`HumanAgent.read` also says whether the takeover key (``takeover_key``, a pygame key name,
+taken out of the keymap) is held, and the person drives while it is or while they touch the pad.
 """
 
 from __future__ import annotations
@@ -145,9 +150,13 @@ class HumanAgent:
         fps: float | None = None,
         keymap: Mapping[str, str] | None = None,
         deadzone: float = 0.15,
+        takeover_key: str | None = None,
     ) -> None:
         self.scale, self.fps, self.deadzone = scale, fps, deadzone
         self.keymap = dict(DEFAULT_KEYMAP if keymap is None else keymap)
+        self.takeover_key = takeover_key
+        if takeover_key is not None:
+            self.keymap.pop(takeover_key, None)  # the takeover key is a switch, never a pad button
         self.held: set[str] = set()
         self._pg: Any = None
         self._screen: Any = None
@@ -161,7 +170,8 @@ class HumanAgent:
         size = (shape[1] * self.scale, shape[0] * self.scale)
         if self._screen is None or self._screen.get_size() != size:
             self._screen = pg.display.set_mode(size)
-        pg.display.set_caption(f"nitrogen record: {title} (Esc ends)")
+        hint = f", hold {self.takeover_key} to take over" if self.takeover_key else ""
+        pg.display.set_caption(f"nitrogen record: {title} (Esc ends{hint})")
         self._clock = self._clock or pg.time.Clock()
         self._pad = self._pad or self._first_controller(pg)
 
@@ -195,6 +205,10 @@ class HumanAgent:
                 self.held.discard(pg.key.name(event.key))
 
     def act(self, env: Any, frame: np.ndarray) -> GamepadState:
+        return self.read(env, frame)[0]
+
+    def read(self, env: Any, frame: np.ndarray) -> tuple[GamepadState, bool]:
+        """Show ``frame``, then the person's pad state and whether the takeover key is held."""
         if self._screen is None:
             self._open(frame.shape, str(getattr(env, "spec_id", "game")))
         pg = self._pg
@@ -206,7 +220,7 @@ class HumanAgent:
         if self._pad is not None:
             state = merge(state, controller_state(self._pad, pg, self.deadzone))
         self._clock.tick(self.fps or float(getattr(env, "fps", 60.0)))
-        return state
+        return state, self.takeover_key is not None and self.takeover_key in self.held
 
     def close(self) -> None:
         if self._pg is not None and self._screen is not None:

@@ -156,3 +156,154 @@ def test_explore_plays_random_bursts_but_records_the_agents_actions(tmp_path: Pa
     assert spy.executed == executed and again["explored_frames"] == info["explored_frames"]  # seeded
     with make_env("ale:Breakout") as env, pytest.raises(ValueError, match="explore"):
         record(env, Still(), episodes=1, out_dir=tmp_path / "c", explore=1.0)
+
+
+# ------------------------------------------------------------------------------ driver and labeller
+
+
+def _drive(frames: int, seed: int) -> np.ndarray:
+    """A fixed, seeded sequence of Gopher moves (left/right/shovel) as raw action vectors."""
+    rng = np.random.default_rng(seed)
+    moves = [frozenset(), frozenset({"DPAD_LEFT"}), frozenset({"DPAD_RIGHT", "SOUTH"}), frozenset({"SOUTH"})]
+    states = [GamepadState(moves[int(rng.integers(len(moves)))]) for _ in range(frames // 4 + 1)]
+    return np.stack([s.to_action_vector() for s in states for _ in range(4)][:frames])
+
+
+def _columns_state(rows: dict, i: int) -> GamepadState:
+    from nitrogen.data import row_to_action
+    from nitrogen.gamepad import state_from_action
+
+    return state_from_action(row_to_action({k: v[i] for k, v in rows.items()}))
+
+
+def test_the_scripted_labeller_labels_the_states_the_agent_reaches(tmp_path: Path) -> None:
+    from nitrogen.gamepad import state_from_action
+    from nitrogen.runtime.experts import GopherExpert
+    from nitrogen.runtime.sources import ReplayPolicy
+
+    frames, seed = 120, 11
+    played = _drive(frames, 5)
+    with make_env("ale:Gopher") as env:
+        info = record(
+            env,
+            ReplayPolicy(played, horizon=1),
+            episodes=1,
+            out_dir=tmp_path,
+            seed=seed,
+            max_frames=frames,
+            label="scripted",
+            beta=0.0,
+        )
+        # The same game replayed by hand: the expert asked on every frame the agent's moves led to.
+        expert, frame = GopherExpert(), env.reset(seed=seed)[0]
+        expert.reset(env, seed)
+        labels, agrees = [], []
+        for vector in played:
+            executed = state_from_action(vector)
+            label = expert.act(env, frame)
+            labels.append(label)
+            agrees.append(env.to_env_action(label) == env.to_env_action(executed))
+            frame = env.step(executed)[0]
+    rows = load_gameplay(tmp_path / "data")[:]
+    assert rows["driver"] == ["policy"] * frames and rows["labeller"] == ["scripted"] * frames
+    assert rows["intervention"] == [False] * frames
+    for i in range(frames):
+        assert _columns_state(rows, i).buttons == labels[i].buttons  # the expert's action, not the agent's
+    assert rows["agrees"] == agrees
+    assert 0 < sum(agrees) < frames  # the agent's moves often differ from the labels
+    assert info["agreement"] == pytest.approx(sum(agrees) / frames)
+    assert info["driver_frames"] == {"policy": frames} and info["label"] == "scripted" and info["beta"] == 0.0
+
+
+def test_beta_one_reproduces_plain_expert_recording(tmp_path: Path) -> None:
+    from nitrogen.runtime.sources import ReplayPolicy, make_policy
+
+    with make_env("ale:Gopher") as env:
+        plain = record(env, make_policy("scripted", env=env), episodes=2, out_dir=tmp_path / "a", seed=3, max_frames=90)
+        mixed = record(
+            env,
+            ReplayPolicy(_drive(200, 1), horizon=18),  # a driver that never gets a frame
+            episodes=2,
+            out_dir=tmp_path / "b",
+            seed=3,
+            max_frames=90,
+            label="scripted",
+            beta=1.0,
+        )
+    a, b = load_gameplay(tmp_path / "a" / "data")[:], load_gameplay(tmp_path / "b" / "data")[:]
+    assert set(b) - set(a) == {"driver", "agrees", "intervention", "labeller"}
+    for name in a:
+        assert a[name] == b[name], name  # frames, actions, rewards, scores: identical
+    assert b["driver"] == ["expert"] * 180 and all(b["agrees"])
+    assert plain["scores"] == mixed["scores"] and mixed["policy_frames"] == 0 and mixed["agreement"] is None
+
+
+def test_beta_mixes_the_drivers_per_frame_reproducibly(tmp_path: Path) -> None:
+    from nitrogen.runtime.sources import ReplayPolicy
+
+    runs = []
+    for k in range(2):
+        with make_env("ale:Gopher") as env:
+            record(
+                env,
+                ReplayPolicy(_drive(300, 2), horizon=1),
+                episodes=1,
+                out_dir=tmp_path / str(k),
+                seed=4,
+                max_frames=300,
+                label="scripted",
+                beta=0.3,
+            )
+        runs.append(load_gameplay(tmp_path / str(k) / "data")[:])
+    drivers = runs[0]["driver"]
+    assert runs[1]["driver"] == drivers
+    assert 0.2 < drivers.count("expert") / 300 < 0.4
+    assert all(ok for ok, who in zip(runs[0]["agrees"], drivers, strict=True) if who == "expert")
+
+
+class FakePerson:
+    """A person's input as a script: ``{frame: (pad state, takeover key held)}``, neutral elsewhere."""
+
+    name = "fake-person"
+
+    def __init__(self, script: dict[int, tuple[GamepadState, bool]]) -> None:
+        self.script, self.frame = script, 0
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self.frame = 0
+
+    def read(self, env: Any, frame: np.ndarray) -> tuple[GamepadState, bool]:
+        reading = self.script.get(self.frame, (GamepadState(), False))
+        self.frame += 1
+        return reading
+
+
+def test_a_person_takes_over_and_releases_and_exactly_those_rows_are_marked(tmp_path: Path) -> None:
+    from nitrogen.gamepad import state_from_action
+    from nitrogen.runtime.dataset_writer import HumanLabeller
+    from nitrogen.runtime.sources import ReplayPolicy
+
+    left, fire = GamepadState(frozenset({"DPAD_LEFT"})), GamepadState(frozenset({"SOUTH"}))
+    script = {f: (left, True) for f in range(5, 10)}  # the takeover key and a direction
+    script |= {f: (GamepadState(), True) for f in range(10, 12)}  # key held, hands off the pad: "do nothing"
+    script |= {f: (fire, False) for f in range(20, 23)}  # no key: touching the pad takes over too
+    taken = sorted(script)
+    policy_actions = _drive(40, 3)
+    with make_env("ale:Gopher") as env:
+        info = record(
+            env,
+            ReplayPolicy(policy_actions, horizon=1),
+            episodes=1,
+            out_dir=tmp_path,
+            seed=0,
+            max_frames=40,
+            label=HumanLabeller(FakePerson(script)),
+        )
+    rows = load_gameplay(tmp_path / "data")[:]
+    assert [i for i, v in enumerate(rows["intervention"]) if v] == taken
+    assert [i for i, d in enumerate(rows["driver"]) if d == "human"] == taken
+    assert set(rows["labeller"]) == {"human"} and all(rows["agrees"])
+    for i in range(40):
+        expected = script[i][0] if i in script else state_from_action(policy_actions[i])
+        assert _columns_state(rows, i).buttons == expected.buttons, i
+    assert info["intervention_frames"] == len(taken) and info["driver_frames"] == {"human": 10, "policy": 30}

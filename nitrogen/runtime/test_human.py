@@ -108,3 +108,45 @@ def test_a_person_records_breakout_and_esc_keeps_what_was_played(dummy_display, 
     assert shown.shape == (160 * 3, 210 * 3, 3) and shown.any()  # the frame was on screen, scaled
     assert os.environ["SDL_VIDEODRIVER"] == "dummy"
     np.testing.assert_array_equal(rows["episode_id"], [0] * 15)
+
+
+def test_the_takeover_key_switches_a_labelling_person_in_and_out(dummy_display, tmp_path: Path):
+    """The agent drives; the person holds Left Shift on frames 3-6 (and steers right on 4-5); the
+    rows are marked exactly there, with what the person pressed; the key itself is no pad button."""
+    from nitrogen.runtime.dataset_writer import HumanLabeller
+    from nitrogen.runtime.sources import ReplayPolicy
+
+    keys = Keys(
+        {
+            3: [(pygame.KEYDOWN, pygame.K_LSHIFT)],
+            4: [(pygame.KEYDOWN, pygame.K_RIGHT)],
+            6: [(pygame.KEYUP, pygame.K_RIGHT)],
+            7: [(pygame.KEYUP, pygame.K_LSHIFT)],
+        }
+    )
+
+    class Scripted(HumanAgent):
+        def read(self, env, frame):
+            keys.before()
+            return super().read(env, frame)
+
+    person = Scripted(fps=10_000, takeover_key="left shift")
+    assert "left shift" not in person.keymap
+    fire = np.zeros((12, 25), dtype=np.float32)
+    fire[:, 18] = 1.0  # SOUTH (FIRE) on every frame: what the agent plays
+    with make_env("ale:Breakout") as env:
+        info = record(
+            env,
+            ReplayPolicy(fire, horizon=1),
+            episodes=1,
+            out_dir=tmp_path,
+            seed=0,
+            max_frames=12,
+            label=HumanLabeller(person),
+        )
+    person.close()
+    rows = load_gameplay(tmp_path / "data")[:]
+    assert [i for i, v in enumerate(rows["intervention"]) if v] == [3, 4, 5, 6]
+    assert rows["dpad_right"] == [False] * 4 + [True] * 2 + [False] * 6
+    assert rows["south"] == [True] * 3 + [False] * 4 + [True] * 5  # the person's rows hold their own input
+    assert info["intervention_frames"] == 4

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from ..data import (
@@ -23,6 +24,7 @@ from ..data import (
     GameplayDataset,
     MappingConfig,
     WindowConfig,
+    load_gameplay,
     load_gameplays,
     load_mapping,
     split_by_episode,
@@ -39,6 +41,87 @@ def starting_checkpoint(spec: str | os.PathLike[str], seed: int = 0) -> RawCheck
     if text.startswith(INIT_PREFIX):
         return init_checkpoint(text[len(INIT_PREFIX) :], seed=seed)
     return read_checkpoint(text)
+
+
+LABEL_COLUMNS: tuple[str, ...] = ("driver", "agrees", "intervention", "labeller")
+"""The columns a labelled recording adds (:data:`nitrogen.runtime.dataset_writer.LABEL_COLUMNS`)."""
+
+
+def parse_data_spec(text: str) -> tuple[str, float]:
+    """``--data SOURCE[:WEIGHT]``: ``runs/r0:2`` -> ``("runs/r0", 2.0)``; without a numeric
+    suffix (``hf://...``, ``C:\\data``) the whole text is the source, with weight 1."""
+    source, sep, tail = text.rpartition(":")
+    if sep and source:
+        try:
+            weight = float(tail)
+        except ValueError:
+            return text, 1.0
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"the weight after ':' in --data must be a finite number >= 0, got {tail!r}")
+        return source, weight
+    return text, 1.0
+
+
+def row_weights(
+    part: Any, weight: float = 1.0, intervention_weight: float = 1.0, passive_weight: float = 1.0
+) -> np.ndarray:
+    """Per-row training weights of one gameplay dataset: ``weight`` everywhere, times
+    ``intervention_weight`` on rows a person drove (``intervention``), times ``passive_weight`` on
+    the other rows of a human-labelled recording (labelled with the policy's own action)."""
+    w = np.full(len(part), float(weight), dtype=np.float32)
+    columns = set(part.column_names)
+    if "intervention" in columns:
+        intervened = part.data.column("intervention").to_numpy(zero_copy_only=False).astype(bool)
+        w[intervened] *= intervention_weight
+        if "labeller" in columns:
+            human = np.asarray(part.data.column("labeller").to_pylist()) == "human"
+            w[human & ~intervened] *= passive_weight
+    return w
+
+
+def _separate_episodes(parts: list[Any], column: str) -> list[Any]:
+    """Integer episode ids made distinct across ``parts`` (each part's shifted past the previous
+    ones'), so that two recordings of one game, both numbered from episode 0 (DAgger rounds), stay
+    separate episodes instead of being merged and interleaved by frame number."""
+    import pyarrow as pa
+
+    if len(parts) < 2 or not all(column in p.column_names for p in parts):
+        return parts
+    columns = [p.data.column(column) for p in parts]
+    if not all(pa.types.is_integer(c.type) for c in columns):
+        return parts
+    out, offset = [], 0
+    for part, ids in zip(parts, columns, strict=True):
+        values = ids.to_numpy().astype(np.int64)
+        shifted = values - (values.min() if len(values) else 0) + offset
+        offset = int(shifted.max()) + 1 if len(values) else offset
+        out.append(part.remove_columns([column]).add_column(column, shifted.tolist()))
+    return out
+
+
+def _aggregate(
+    sources: Sequence[Any],
+    weights: Sequence[float],
+    intervention_weight: float,
+    passive_weight: float,
+    episode_column: str = "episode_id",
+) -> tuple[Any, np.ndarray | None]:
+    """Load and concatenate ``sources`` with their per-row weights (None when all are 1). Label
+    columns are dropped when only some sources have them, so DAgger rounds mix with plain recordings,
+    and integer episode ids are made distinct across sources (:func:`_separate_episodes`)."""
+    parts = _separate_episodes([load_gameplay(s) for s in sources], episode_column)
+    w = np.concatenate(
+        [row_weights(p, wt, intervention_weight, passive_weight) for p, wt in zip(parts, weights, strict=True)]
+    )
+    labelled = [set(LABEL_COLUMNS) <= set(p.column_names) for p in parts]
+    if any(labelled) and not all(labelled):
+        parts = [p.remove_columns(list(LABEL_COLUMNS)) if lab else p for p, lab in zip(parts, labelled, strict=True)]
+    for source, part in zip(sources[1:], parts[1:], strict=True):
+        if set(part.column_names) != set(parts[0].column_names):  # named by source, not by the loaded table
+            raise ValueError(
+                f"{source}: columns {sorted(part.column_names)} differ from {sources[0]}'s {sorted(parts[0].column_names)}"
+            )
+    return load_gameplays(parts), (None if bool((w == 1.0).all()) else w)
 
 
 @dataclass(frozen=True)
@@ -80,6 +163,9 @@ def prepare_finetune(
     image_root: str | os.PathLike[str] | None = None,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     button_order: str = "alphabetical",
+    weights: Sequence[float] | None = None,
+    intervention_weight: float = 1.0,
+    passive_weight: float = 1.0,
 ) -> PreparedFinetune:
     """Assemble a fine-tuning run, as ``nitrogen finetune`` does.
 
@@ -97,6 +183,9 @@ def prepare_finetune(
       ``max_image_pixels``: the largest image decoded (checked on its header first).
     * ``button_order``: the checkpoint's order of button dims (:data:`nitrogen.actions.BUTTON_ORDERS`);
       training targets are permuted into it.
+    * ``weights``: one training weight per source (``--data DIR:WEIGHT``); ``intervention_weight``
+      multiplies the rows a person drove in a human-labelled recording, ``passive_weight`` its other
+      rows (0 drops them). See :func:`row_weights`; the weights reach the loss through ``action_mask``.
 
     Windows take the checkpoint's windowing and the frame size of its vision tower
     (:meth:`WindowConfig.from_checkpoint`). A game-conditioned checkpoint gets ``game_ids`` from
@@ -111,16 +200,30 @@ def prepare_finetune(
     raw = ckpt if isinstance(ckpt, RawCheckpoint) else starting_checkpoint(ckpt, cfg.seed)
     window = WindowConfig.from_checkpoint(raw, **({} if context is None else {"context_length": context}))
     sources = list(data) if isinstance(data, (list, tuple)) else [data]
+    weights = [1.0] * len(sources) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(sources):
+        raise ValueError(f"{len(weights)} weights for {len(sources)} datasets")
+    for name, value in (
+        ("intervention_weight", intervention_weight),
+        ("passive_weight", passive_weight),
+        *(("weight", w) for w in weights),
+    ):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    columns = _column_mapping(mapping, deadzone)
+    episode_column = (columns or MappingConfig()).episode_id
+    table, per_row = _aggregate(sources, weights, intervention_weight, passive_weight, episode_column)
     dataset = GameplayDataset(
-        load_gameplays(sources),
+        table,
         window,
-        mapping=_column_mapping(mapping, deadzone),
+        mapping=columns,
         skip_bad=skip_bad,
         cache_dir=cache_dir,
         game_mapping=raw.game_mapping,
         image_root=image_root,
         max_image_pixels=max_image_pixels,
         button_order=button_order,
+        row_weights=per_row,
     )
     if eval_fraction:
         train_idx, eval_idx = split_by_episode(dataset, eval_fraction, seed=cfg.seed)

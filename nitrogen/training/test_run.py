@@ -163,3 +163,95 @@ def test_finetune_command_names_an_undecodable_image_in_one_line(image_folder, t
     (line,) = [line for line in result.output.splitlines() if "corrupt row" in line]
     assert line.startswith(f"error: corrupt row {BAD_ROW}, column 'image': undecodable image")
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------ per-row weights
+
+
+def test_parse_data_spec_reads_a_trailing_weight() -> None:
+    from nitrogen.training.run import parse_data_spec
+
+    assert parse_data_spec("runs/r0/data:2.5") == ("runs/r0/data", 2.5)
+    assert parse_data_spec("runs/r0/data") == ("runs/r0/data", 1.0)
+    assert parse_data_spec("hf://user/set") == ("hf://user/set", 1.0)  # not a number: part of the source
+    assert parse_data_spec("C:\\games\\data") == ("C:\\games\\data", 1.0)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        parse_data_spec("runs/r0:-1")
+
+
+def _labelled(parquet: Path, out: Path, intervention: list[bool], labeller: str) -> Path:
+    """The fixture's rows as a labelled recording (DAgger columns added)."""
+    import datasets
+
+    data = datasets.load_dataset("parquet", data_files=str(parquet), split="train")
+    n = len(data)
+    data = data.add_column("driver", ["human" if v else "policy" for v in intervention])
+    data = data.add_column("agrees", [True] * n).add_column("intervention", intervention)
+    data = data.add_column("labeller", [labeller] * n)
+    path = out / f"{labeller}.parquet"
+    data.to_parquet(str(path))
+    return path
+
+
+def test_weights_reach_the_action_mask_per_dataset_and_per_intervention_row(
+    parquet: Path, tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    n = EPISODES * FRAMES
+    intervention = [(i % FRAMES) >= FRAMES // 2 for i in range(n)]  # the second half of each episode
+    human = _labelled(parquet, tmp_path, intervention, "human")
+    prep = prepare_finetune(
+        [parquet, human], tiny_ckpt, weights=[2.0, 1.0], intervention_weight=3.0, passive_weight=0.0, eval_fraction=0
+    )
+    ds = prep.dataset  # a plain and a labelled set mix: the label columns are dropped to concatenate them
+    assert len(ds.episode_keys) == 2 * EPISODES
+    expected = np.concatenate([np.full(n, 2.0), np.where(intervention, 3.0, 0.0)])
+    np.testing.assert_array_equal(ds.row_weights, expected)
+    for i in (0, len(ds) - 1):
+        _, action_rows = ds.window_rows(i)
+        mask = ds[i]["action_mask"]
+        assert mask.shape == ds[i]["actions"].shape
+        np.testing.assert_array_equal(mask[:, 0].numpy(), expected[action_rows])
+        assert (mask == mask[:, :1]).all()  # one weight per action row, over all 25 dims
+    # Without weights nothing changes: ones, as before.
+    plain = prepare_finetune([parquet], tiny_ckpt, eval_fraction=0)
+    assert plain.dataset.row_weights is None and bool((plain.dataset[0]["action_mask"] == 1).all())
+    # Scripted labels are real labels: the passive weight leaves them alone.
+    scripted = _labelled(parquet, tmp_path, [False] * n, "scripted")
+    kept = prepare_finetune([scripted], tiny_ckpt, passive_weight=0.0, eval_fraction=0)
+    assert kept.dataset.row_weights is None
+
+
+def test_two_recordings_of_one_game_stay_separate_episodes(parquet: Path, tiny_ckpt: Path) -> None:
+    one = prepare_finetune([parquet], tiny_ckpt, eval_fraction=0)
+    two = prepare_finetune([parquet, parquet], tiny_ckpt, eval_fraction=0)
+    assert len(two.dataset.episode_keys) == 2 * len(one.dataset.episode_keys)
+    assert len(two.dataset) == 2 * len(one.dataset)  # no window spans both copies, none is lost
+    n = len(one.dataset)
+    for i in (0, n - 1):
+        _, actions = two.dataset.window_rows(n + i)
+        np.testing.assert_array_equal(actions, one.dataset.window_rows(i)[1] + EPISODES * FRAMES)
+
+
+def test_a_zero_weight_sample_drops_out_of_the_loss(parquet: Path, tiny_ckpt: Path) -> None:
+    from nitrogen.data import collate
+    from nitrogen.model.checkpoint import load_model
+
+    prep = prepare_finetune([parquet, parquet], tiny_ckpt, weights=[1.0, 0.0], eval_fraction=0)
+    ds, n = prep.dataset, len(prep.dataset) // 2
+    model = load_model(tiny_ckpt)[0].eval()
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, *ds[0]["actions"].shape, generator=generator)
+    t = torch.tensor([0.3, 0.6])
+
+    def loss(items: list[dict], k: int) -> float:
+        b = collate(items)
+        with torch.no_grad():
+            value = model.training_loss(
+                b["pixels"], b["frame_valid"], b["actions"], action_mask=b["action_mask"], noise=noise[:k], t=t[:k]
+            )
+        return float(value)
+
+    alone = loss([ds[0]], 1)
+    assert loss([ds[0], ds[n + 5]], 2) == pytest.approx(alone, rel=1e-4)  # the second sample weighs 0
+    unweighted = prepare_finetune([parquet, parquet], tiny_ckpt, eval_fraction=0).dataset
+    assert loss([unweighted[0], unweighted[n + 5]], 2) != pytest.approx(alone, rel=1e-4)
