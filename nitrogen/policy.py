@@ -34,6 +34,8 @@ class PolicySpec(BaseModel):
     reads the emulator, a replay). ``action_shift``: action ``k`` of a chunk observed at frame ``t``
     is meant for frame ``t + action_shift + k``. ``step_rate_hz``: one action per frame of a game
     running at this rate. ``game_mapping``: game name -> id for a game-conditioned checkpoint.
+    ``supports_rtc``: ``predict`` also takes ``prefix``, ``delay``, ``chunking`` and ``beta``
+    (real-time chunking); the episode loop plays other policies with naive chunking.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +48,10 @@ class PolicySpec(BaseModel):
     step_rate_hz: float = Field(60.0, gt=0)
     buttons: tuple[str, ...] = BUTTONS
     game_mapping: dict[str, int] | None = None
+    supports_rtc: bool = Field(
+        False,
+        description="predict() takes a previous chunk's prefix (real-time chunking: prefix, delay, chunking, beta)",
+    )
 
     @field_validator("buttons")
     @classmethod
@@ -66,6 +72,7 @@ class PolicySpec(BaseModel):
             step_rate_hz=float(info.get("step_rate_hz", 60.0)),
             buttons=tuple(info.get("buttons", BUTTONS)),
             game_mapping=dict(info["games"]) if info.get("games") else None,
+            supports_rtc=bool(info.get("supports_rtc", False)),
         )
 
 

@@ -152,7 +152,12 @@ def test_info_has_everything_a_policy_spec_reads(engine):
     info = engine.info()
     spec = PolicySpec.from_info(info)
     assert spec == PolicySpec(
-        name="released_layout", action_horizon=18, action_shift=1, image_size=256, step_rate_hz=60.0
+        name="released_layout",
+        action_horizon=18,
+        action_shift=1,
+        image_size=256,
+        step_rate_hz=60.0,
+        supports_rtc=True,
     )
     assert info["checkpoint"].endswith("released_layout.pt")
 
