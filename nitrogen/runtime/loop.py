@@ -629,6 +629,56 @@ def _run_async(ep: _Episode) -> None:
         predictor.close()
 
 
+class SwitchStats(Observer):
+    """How smooth the played actions are at chunk switches, against inside a chunk.
+
+    For each pair of consecutive frames both played from a chunk, the mean absolute change of the
+    four stick axes (each in [-1, 1]) and the number of physical buttons (and triggers) that flip;
+    pairs whose two frames come from different chunks are *switches*, the others *inside*.
+    """
+
+    def __init__(self) -> None:
+        self.switch_stick: list[float] = []
+        self.switch_flips: list[int] = []
+        self.inside_stick: list[float] = []
+        self.inside_flips: list[int] = []
+        self._last: tuple[int, GamepadState] | None = None
+
+    def on_episode_start(self, episode: int, seed: int | None) -> None:
+        self._last = None
+
+    def on_step(self, step: Step) -> None:
+        if step.substep < 0 or step.chunk < 0:
+            self._last = None
+            return
+        state = step.action
+        if self._last is not None:
+            chunk, prev = self._last
+            stick = np.abs(np.subtract((*state.left_stick, *state.right_stick), (*prev.left_stick, *prev.right_stick)))
+            flips = len(state.physical_buttons() ^ prev.physical_buttons())
+            if chunk == step.chunk:
+                self.inside_stick.append(float(stick.mean()))
+                self.inside_flips.append(flips)
+            else:
+                self.switch_stick.append(float(stick.mean()))
+                self.switch_flips.append(flips)
+        self._last = (step.chunk, state)
+
+    def summary(self) -> dict[str, float | int]:
+        """Means over the pairs seen so far (NaN where there were none), and the pair counts."""
+
+        def mean(values: Sequence[float]) -> float:
+            return float(np.mean(values)) if len(values) else float("nan")
+
+        return {
+            "switches": len(self.switch_stick),
+            "switch_stick": mean(self.switch_stick),
+            "switch_flips": mean(self.switch_flips),
+            "inside_stick": mean(self.inside_stick),
+            "inside_flips": mean(self.inside_flips),
+        }
+
+
 class ProgressLine(Observer):
     """One status line on stderr: frames, fps, latency, score; refreshed a few times per second."""
 
