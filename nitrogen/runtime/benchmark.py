@@ -54,9 +54,24 @@ def run_one(
     max_frames: int,
     actions_per_chunk: int | None = None,
     mode: Literal["sync", "async"] = "sync",
+    *,
+    chunking: Literal["naive", "prefix", "rtc"] | None = None,
+    execute: int | None = None,
+    latency_ms: float | None = None,
 ) -> tuple[float, int, float]:
-    """One episode through the episode loop (sync by default): (score, length, median prediction ms)."""
-    config = PlayConfig(mode=mode, max_frames=max_frames, video=False, actions_per_chunk=actions_per_chunk)
+    """One episode through the episode loop (sync by default): (score, length, median prediction ms).
+
+    ``chunking``, ``execute`` and ``latency_ms`` are those of :class:`~nitrogen.runtime.loop.PlayConfig`.
+    """
+    config = PlayConfig(
+        mode=mode,
+        max_frames=max_frames,
+        video=False,
+        actions_per_chunk=actions_per_chunk,
+        chunking=chunking,
+        execute=execute,
+        latency_ms=latency_ms,
+    )
     stats = run_episode(env, policy, config, seed=seed)
     latency = float(np.median(stats.latencies_ms)) if stats.latencies_ms else 0.0
     return stats.score, stats.frames, latency
@@ -72,6 +87,9 @@ def run_benchmark(
     actions_per_chunk: int | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     mode: Literal["sync", "async"] = "sync",
+    chunking: Literal["naive", "prefix", "rtc"] | None = None,
+    execute: int | None = None,
+    latency_ms: float | None = None,
 ) -> list[EpisodeResult]:
     """Play every contender on every game and seed, each episode through the one episode loop.
 
@@ -82,7 +100,8 @@ def run_benchmark(
     skipped. ``actions_per_chunk`` is the policies' receding horizon (see
     :class:`~nitrogen.runtime.loop.PlayConfig`). ``on_episode`` is called after every episode (progress).
     ``mode="async"`` plays on the game's clock while the policy thinks, so a slow policy scores what
-    it would score live; the default, sync, scores the policy alone.
+    it would score live; the default, sync, scores the policy alone. ``chunking``, ``execute`` and
+    ``latency_ms`` (simulated latency) are those of :class:`~nitrogen.runtime.loop.PlayConfig`.
     """
     if make_env is None:
         from ..envs import make_env
@@ -96,7 +115,17 @@ def run_benchmark(
                 except LookupError:
                     continue
                 for seed in seeds:
-                    score, length, latency = run_one(env, policy, seed, max_frames, actions_per_chunk, mode)
+                    score, length, latency = run_one(
+                        env,
+                        policy,
+                        seed,
+                        max_frames,
+                        actions_per_chunk,
+                        mode,
+                        chunking=chunking,
+                        execute=execute,
+                        latency_ms=latency_ms,
+                    )
                     results.append(EpisodeResult(env_id, name, seed, score, length, latency))
                     if on_episode is not None:
                         on_episode(results[-1])
