@@ -31,7 +31,9 @@ arrives, from a running p90 of the measured latency in frames, less the action s
 freezes those ``d`` actions; ``rtc`` also guides the rest of the overlap towards the old chunk.
 ``execute`` is the execution horizon ``s``: the next chunk is asked for so that its first action
 falls after ``s`` actions of the current chunk (``execute`` defaults to ``actions_per_chunk``).
-One chunk lasts until the next arrives only while ``s + d <= H``; past that, frames starve.
+One chunk lasts until the next arrives only while ``s + d <= H``; past that, frames starve. A
+request whose delay covers the whole prefix (nothing of it would run from the new chunk) is sent
+without one, as in naive chunking.
 
 **Simulated latency** (``latency_ms``): the game advances one frame per step of simulated time and
 never waits; the policy runs synchronously when asked, and its result becomes usable exactly
@@ -285,7 +287,12 @@ class _Planner:
         if offset < 0 or offset >= len(base.actions):
             return {}
         prefix = np.ascontiguousarray(base.actions[offset:], dtype=np.float32)
-        d = min(self.delay(), len(prefix))
+        d = self.delay()
+        if d >= len(prefix):
+            # The new chunk arrives after the newest one has run out: no action of the prefix would
+            # run from the new chunk, and guiding the new chunk towards a plan that old only pulls it
+            # away from its own observation (the paper needs d <= H - s). Ask as naive chunking does.
+            return {}
         ep.stats.delays.append(d)
         return {"prefix": prefix, "delay": d, "chunking": self.mode, "beta": ep.config.rtc_beta}
 

@@ -301,8 +301,12 @@ def test_simulated_latency_switches_on_the_frame_the_latency_implies(breakout, l
         sent = policy.requests[c]
         base = policy.chunks[c - 1]
         offset = policy.observed[c] + shift - (policy.observed[c - 1] + shift)
+        d = max(lag - shift, 0)
+        if d >= 18 - offset:
+            assert sent == {}  # the newest chunk runs out before this one arrives: nothing to join
+            continue
         np.testing.assert_array_equal(sent["prefix"], base[offset:])
-        assert sent["delay"] == min(max(lag - shift, 0), len(sent["prefix"])) and sent["chunking"] == "rtc"
+        assert sent["delay"] == d and sent["chunking"] == "rtc"
 
 
 def test_simulated_latency_is_deterministic_for_a_seed(breakout, tiny_ckpt):
