@@ -8,8 +8,9 @@ Run from the repository root::
 Every episode runs the one episode loop in simulated-latency mode (``PlayConfig.latency_ms``): the
 game advances one frame per 1/60 s of simulated time and never waits, a request's result becomes
 usable exactly ``ceil(L * 60 / 1000)`` frames after its request frame, and the policy itself runs
-synchronously. The scores are therefore deterministic for a seed, whatever the machine's load;
-only the compute column depends on it.
+synchronously, loaded afresh for each episode with the episode's seed for its noise. The scores
+are therefore deterministic for a seed, whatever the machine's load and the order of the cells;
+only the compute column depends on them.
 
 Modes:
 
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import machine_info  # bench/machine.py (this folder is on sys.path)
 
 from nitrogen.atomic import atomic_write_json
 from nitrogen.envs import make_env
@@ -214,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_file():
         doc = json.loads(args.out.read_text())  # resume: the episodes already played are kept
     done = {(e["game"], e["mode"], e["latency_ms"], e["seed"]) for e in doc["episodes"]}
-    policy = make_policy("default", seed=0)
     todo = [(seed, game, mode, lat) for seed in args.seeds for game in games for mode, lat in cells(args.modes, args.latencies, not args.no_rtc_at_zero)]
     envs = {game: make_env(game) for game in games}
     started = time.perf_counter()
@@ -222,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         if (game, mode, lat, seed) in done:
             continue
         t0 = time.perf_counter()
+        policy = make_policy("default", seed=seed)  # fresh per episode: its noise depends on the seed alone
         row = run_cell(envs[game], policy, mode, lat, seed, args.frames, execute) | {"game": game}
+        policy.close()
         row["wall_s"] = time.perf_counter() - t0
         row["load_1min"] = os.getloadavg()[0]
         doc["episodes"].append(row)
@@ -235,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             "games": games,
             "threads": args.threads,
         }
+        doc["machine"] = machine_info()
         atomic_write_json(args.out, doc)
         print(
             f"[{n}/{len(todo)}] {game} seed {seed} {mode:8s} {lat:5g} ms: score {row['score']:g}, "
@@ -245,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     for env in envs.values():
         env.close()
-    policy.close()
     report(doc["episodes"], args)
     return 0
 
