@@ -168,8 +168,10 @@ def summarize(episodes: list[dict], latencies: list[float]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| game | mode | latency ms | score mean ± std | of 0 ms | real time kept | stale / chunk | starved "
-        "| switch \\|Δstick\\| | inside \\|Δstick\\| | switch flips | inside flips | d | compute ms / chunk |",
+        (
+            "| game | mode | latency ms | score mean ± std | of 0 ms | real time kept | stale / chunk | starved "
+            "| switch \\|Δstick\\| | inside \\|Δstick\\| | switch flips | inside flips | d | compute ms / chunk |"
+        ),
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
 
@@ -216,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.is_file():
         doc = json.loads(args.out.read_text())  # resume: the episodes already played are kept
     done = {(e["game"], e["mode"], e["latency_ms"], e["seed"]) for e in doc["episodes"]}
-    todo = [(seed, game, mode, lat) for seed in args.seeds for game in games for mode, lat in cells(args.modes, args.latencies, not args.no_rtc_at_zero)]
+    todo = [
+        (seed, game, mode, lat)
+        for seed in args.seeds
+        for game in games
+        for mode, lat in cells(args.modes, args.latencies, not args.no_rtc_at_zero)
+    ]
     envs = {game: make_env(game) for game in games}
     started = time.perf_counter()
     for n, (seed, game, mode, lat) in enumerate(todo, 1):

@@ -389,7 +389,14 @@ class PolicyEngine:
         scales = torch.tensor([requests[i].cfg_scale for i in guided], dtype=torch.float32, device=self.device)
         index = torch.tensor(guided, dtype=torch.long, device=self.device) if guided else None
         actions = model.sample(
-            cond, noise, self.num_steps, uncond, scales, self.schedule(), guided=index, prefix=self.prefix_guide(requests)
+            cond,
+            noise,
+            self.num_steps,
+            uncond,
+            scales,
+            self.schedule(),
+            guided=index,
+            prefix=self.prefix_guide(requests),
         )
         return actions.float().cpu().numpy()
 
@@ -454,9 +461,7 @@ class PolicyEngine:
                         history = requests[i].history
                         history.append(frame_tokens)
                         features = list(history.features)
-                        samples.append(
-                            PredictRequest(features, history.game_id, history.cfg_scale, noise, prefixes[i])
-                        )
+                        samples.append(PredictRequest(features, history.game_id, history.cfg_scale, noise, prefixes[i]))
                     sampled = self.sample(samples)
                 except Exception as exc:  # noqa: BLE001 - handed back: the server answers each request with it
                     failure = exc

@@ -106,7 +106,6 @@ class Schedule:
             (pick(self.out_modulation[0]), pick(self.out_modulation[1])),
         )
 
-
     def detached_copy(self) -> Schedule:
         """A copy made of ordinary tensors (see :meth:`Conditioning.detached_copy`)."""
         return Schedule(

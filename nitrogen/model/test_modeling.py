@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -229,7 +230,7 @@ def test_guidance_pulls_the_overlap_towards_the_prefix_monotonically_in_beta(rtc
         for beta in (0.0, 1.0, 5.0, 20.0):
             out = model.sample(cond, noise, 6, prefix=_guide([1], prefix, [2], [True], beta=beta, length=[12]))
             distances.append(float((out[1, 2:12] - prefix[0, 2:12]).abs().mean()))
-    assert all(b < a for a, b in zip(distances, distances[1:])), distances
+    assert all(b < a for a, b in itertools.pairwise(distances)), distances
     assert distances[-1] < 0.6 * distances[0]
 
 

@@ -112,7 +112,9 @@ class PlayConfig(BaseModel):
         "chunking); default rtc in async mode for a policy that supports it, naive otherwise",
     )
     execute: int | None = Field(
-        None, ge=1, description="execution horizon s: ask for the next chunk after s actions (default: actions_per_chunk)"
+        None,
+        ge=1,
+        description="execution horizon s: ask for the next chunk after s actions (default: actions_per_chunk)",
     )
     latency_ms: float | None = Field(
         None, ge=0, le=60_000, description="simulated latency: the game runs in simulated time (see the module doc)"

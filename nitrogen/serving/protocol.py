@@ -53,11 +53,11 @@ __all__ = [
     "CHUNKING_MODES",
     "MAX_ARRAY_DIMS",
     "MAX_BETA",
-    "MAX_PREFIX_ROWS",
     "MAX_ERROR_CHARS",
     "MAX_FRAME_SIDE",
     "MAX_ID_CHARS",
     "MAX_MESSAGE_BYTES",
+    "MAX_PREFIX_ROWS",
     "PROTOCOL_VERSION",
     "REPLY_LIMITS",
     "REQUEST_LIMITS",
@@ -282,7 +282,10 @@ def _validate_prefix(msg: dict[str, Any]) -> None:
     if chunking is not None and chunking not in CHUNKING_MODES:
         raise ProtocolError(f"'chunking' must be one of {list(CHUNKING_MODES)}")
     if beta is not None and (
-        not isinstance(beta, (int, float)) or isinstance(beta, bool) or not np.isfinite(beta) or not 0 <= beta <= MAX_BETA
+        not isinstance(beta, (int, float))
+        or isinstance(beta, bool)
+        or not np.isfinite(beta)
+        or not 0 <= beta <= MAX_BETA
     ):
         raise ProtocolError(f"'beta' must be a finite number from 0 to {MAX_BETA:g}")
 
