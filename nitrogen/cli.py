@@ -33,6 +33,11 @@ def _check_mode(mode: str) -> None:
         _fail(ValueError(f"--mode must be sync or async, got {mode!r}"))
 
 
+def _check_chunking(chunking: str | None) -> None:
+    if chunking is not None and chunking not in ("naive", "prefix", "rtc"):
+        _fail(ValueError("--chunking must be naive, prefix or rtc"))
+
+
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=1)
@@ -324,6 +329,16 @@ def play_command(
     keymap: Annotated[
         str | None, typer.Option(help="For --input keys: a preset (arrows, wasd-mouse) or a YAML/JSON keymap file.")
     ] = None,
+    chunking: Annotated[
+        str | None,
+        typer.Option(help="naive, prefix or rtc (real-time chunking); default: rtc in async mode if the policy can."),
+    ] = None,
+    execute: Annotated[
+        int | None, typer.Option(help="Execution horizon: ask for the next chunk after S actions.", min=1)
+    ] = None,
+    latency_ms: Annotated[
+        float | None, typer.Option(help="Simulated latency: the game runs in simulated time (see README).", min=0)
+    ] = None,
 ) -> None:
     """Let the agent play a game through a virtual gamepad, and record the run.
 
@@ -334,6 +349,7 @@ def play_command(
     from .runtime.loop import PlayConfig, StartupPress, play
     from .runtime.sources import make_policy
 
+    _check_chunking(chunking)
     targets = [t for t in (env, process, pid) if t is not None]
     sources = [s for s in (server, port, ckpt, replay) if s is not None]
     if not targets and not sources:
@@ -356,6 +372,9 @@ def play_command(
             fps=fps,
             video=video,
             actions_per_chunk=actions_per_chunk,
+            chunking=chunking,
+            execute=execute,
+            latency_ms=latency_ms,
         )
     except (ValidationError, ValueError, OSError, TypeError) as exc:
         _fail(ValueError(f"invalid play settings: {exc}"))
@@ -780,9 +799,20 @@ def eval_command(
         str, typer.Option(help="sync (scores the policy alone) or async (the game keeps its clock while it thinks).")
     ] = "sync",
     button_order: Annotated[str | None, typer.Option(help="For ckpt: policies: " + BUTTON_ORDER_HELP)] = None,
+    chunking: Annotated[
+        str | None,
+        typer.Option(help="naive, prefix or rtc (real-time chunking); default: rtc in async mode if the policy can."),
+    ] = None,
+    execute: Annotated[
+        int | None, typer.Option(help="Execution horizon: ask for the next chunk after S actions.", min=1)
+    ] = None,
+    latency_ms: Annotated[
+        float | None, typer.Option(help="Simulated latency: the game runs in simulated time (see README).", min=0)
+    ] = None,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
     _check_mode(mode)
+    _check_chunking(chunking)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .runtime.benchmark import EpisodeResult, markdown_table, run_benchmark, summarize, write_results
@@ -828,6 +858,9 @@ def eval_command(
                 actions_per_chunk=actions_per_chunk,
                 on_episode=on_episode,
                 mode=mode,
+                chunking=chunking,
+                execute=execute,
+                latency_ms=latency_ms,
             )
     finally:
         for model in models.values():

@@ -37,6 +37,8 @@ class PolicySpec(BaseModel):
     ``button_order``: the name (:data:`~nitrogen.actions.BUTTON_ORDERS`) of the order in which the
     checkpoint's model emits its 21 button dims; chunks are always decoded to ``buttons``, the layout's
     order, whatever it is.
+    ``supports_rtc``: ``predict`` also takes ``prefix``, ``delay``, ``chunking`` and ``beta``
+    (real-time chunking); the episode loop plays other policies with naive chunking.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,6 +60,11 @@ class PolicySpec(BaseModel):
             raise ValueError(f"unknown button order {value[:40]!r}; use one of {', '.join(BUTTON_ORDERS)}")
         return value
 
+    supports_rtc: bool = Field(
+        False,
+        description="predict() takes a previous chunk's prefix (real-time chunking: prefix, delay, chunking, beta)",
+    )
+
     @field_validator("buttons")
     @classmethod
     def _layout_buttons(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -78,6 +85,7 @@ class PolicySpec(BaseModel):
             buttons=tuple(info.get("buttons", BUTTONS)),
             game_mapping=dict(info["games"]) if info.get("games") else None,
             button_order=str(info.get("button_order", DEFAULT_BUTTON_ORDER)),
+            supports_rtc=bool(info.get("supports_rtc", False)),
         )
 
 

@@ -236,3 +236,21 @@ def test_dagger_record_finetune_and_loop_commands(tiny_ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert "round 0: 30 frames labelled" in " ".join(result.output.split())
     assert json.loads((run / "dagger.json").read_text())["rounds"][0]["frames_labelled"] == 30
+
+
+def test_play_and_eval_take_chunking_execute_and_simulated_latency(tiny_ckpt, tmp_path):
+    args = ["play", "--env", "ale:Breakout", "--ckpt", str(tiny_ckpt), "--mode", "async", "--max-frames", "24"]
+    args += ["--chunking", "rtc", "--execute", "3", "--latency-ms", "50", "--seed", "0", "--no-video"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "play")])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list((tmp_path / "play").iterdir())
+    episode = json.loads((run_dir / "episode.json").read_text())
+    assert episode["chunking"] == "rtc" and episode["frames"] == 24 and episode["delay_mean"] > 0
+    bad = runner.invoke(app, [*args[:-1], "--chunking", "smooth"])
+    assert bad.exit_code == 1 and "--chunking must be naive, prefix or rtc" in bad.output
+    ev = ["eval", "--env", "ale:Breakout", "--policy", f"ckpt:{tiny_ckpt}", "--no-baselines", "--episodes", "1"]
+    ev += ["--max-frames", "18", "--mode", "async", "--chunking", "prefix", "--latency-ms", "100"]
+    result = runner.invoke(app, [*ev, "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert [e["length"] for e in doc["episodes"]] == [18]

@@ -23,7 +23,7 @@ import torch
 from ..actions import ACTION_DIM, BUTTONS, DEFAULT_BUTTON_ORDER, layout_description
 from ..gamepad import check_button_order, reorder_buttons
 from ..model.checkpoint import RawCheckpoint, load_model
-from ..model.modeling import NitroGenModel, Schedule
+from ..model.modeling import RTC_BETA, NitroGenModel, PrefixGuide, Schedule
 from .cpu_kernels import pack_linears, packing_available
 from .history import FrameHistory
 from .preprocessing import as_rgb_frame, resize_frame, to_pixels
@@ -33,6 +33,16 @@ STEP_RATE_HZ = 60.0
 
 MAX_NOISE_ABS = 1e4
 """The largest magnitude of a value of caller-given initial noise (a standard normal draw stays under 10)."""
+
+MAX_PREFIX_ABS = 1e3
+"""The largest magnitude of a prefix value (actions are in [0, 1]; a prefix is a previous chunk's)."""
+
+MAX_RTC_BETA = 1e3
+"""The largest guidance cap a request may ask for."""
+
+CHUNKING_MODES = ("prefix", "rtc")
+"""How a prefix conditions a chunk: ``prefix`` (hard replacement of the frozen actions at every
+Euler step; no extra compute) or ``rtc`` (guided inpainting with a vector-Jacobian product)."""
 
 _GENERIC_STEMS = frozenset({"model", "checkpoint", "ckpt", "weights", "best", "last", "final"})
 
@@ -85,6 +95,25 @@ class PredictRequest:
     game_id: int | None
     cfg_scale: float
     noise: torch.Tensor  # (H, A) float32
+    prefix: ChunkPrefix | None = None
+
+
+@dataclass(frozen=True)
+class ChunkPrefix:
+    """What real-time chunking conditions a new chunk on (validated by :meth:`PolicyEngine.chunk_prefix`).
+
+    ``actions (k, 25)`` float32: the previous chunk's actions on the new chunk's time grid (row
+    ``j`` is for the frame of the new chunk's action ``j``), ``1 <= k <= H``. ``delay`` ``d``
+    (``0 <= d <= k``): the actions that run before the new chunk arrives; they come back exactly
+    as given. ``mode``: ``rtc`` (guided, soft mask over the rest of the overlap, weight capped at
+    ``beta``; the paper's default beta is 5) or ``prefix`` (hard replacement of the ``d`` frozen
+    actions only).
+    """
+
+    actions: torch.Tensor
+    delay: int
+    mode: str = "rtc"
+    beta: float = RTC_BETA
 
 
 @dataclass
@@ -100,6 +129,14 @@ class FrameRequest:
     frame: Any
     noise: Any = None
     seed: int | None = None
+    prefix: Any = None
+    """Optional real-time chunking input: the previous chunk's actions on the new chunk's grid, ``(k, 25)``."""
+    delay: int | None = None
+    """With ``prefix``: the frozen actions ``d`` (default 0)."""
+    chunking: str = "rtc"
+    """With ``prefix``: ``rtc`` or ``prefix`` (see :data:`CHUNKING_MODES`)."""
+    beta: float | None = None
+    """With ``prefix`` in ``rtc`` mode: the guidance cap (default :data:`~nitrogen.model.modeling.RTC_BETA`)."""
 
 
 @dataclass
@@ -262,6 +299,37 @@ class PolicyEngine:
             raise ValueError(f"noise values must be within +-{MAX_NOISE_ABS:g}")
         return torch.from_numpy(arr.astype(np.float32))
 
+    def chunk_prefix(
+        self, prefix: Any, delay: Any = None, chunking: Any = "rtc", beta: Any = None
+    ) -> ChunkPrefix | None:
+        """A validated :class:`ChunkPrefix`, or None without a prefix; ``ValueError`` says what is wrong.
+
+        The prefix must be a finite floating-point ``(k, 25)`` array with ``1 <= k <= H`` and values
+        within +-:data:`MAX_PREFIX_ABS`; ``delay`` an integer in ``0..k``; ``chunking`` one of
+        :data:`CHUNKING_MODES`; ``beta`` a finite number in ``0..``:data:`MAX_RTC_BETA`.
+        """
+        if prefix is None:
+            if delay is not None:
+                raise ValueError("a delay was given without a prefix")
+            return None
+        H = self.action_horizon
+        arr = np.asarray(prefix)
+        if arr.ndim != 2 or arr.shape[1] != ACTION_DIM or not 1 <= arr.shape[0] <= H:
+            raise ValueError(f"prefix must have shape (k, {ACTION_DIM}) with 1 <= k <= {H}, got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+            raise ValueError("prefix must be finite floating-point values")
+        if np.abs(arr).max() > MAX_PREFIX_ABS:
+            raise ValueError(f"prefix values must be within +-{MAX_PREFIX_ABS:g}")
+        d = 0 if delay is None else delay
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d <= arr.shape[0]:
+            raise ValueError(f"delay must be an integer from 0 to the prefix length {arr.shape[0]}")
+        if chunking not in CHUNKING_MODES:
+            raise ValueError(f"chunking must be one of {list(CHUNKING_MODES)}")
+        b = RTC_BETA if beta is None else beta
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not np.isfinite(b) or not 0 <= b <= MAX_RTC_BETA:
+            raise ValueError(f"beta must be a finite number from 0 to {MAX_RTC_BETA:g}")
+        return ChunkPrefix(torch.from_numpy(arr.astype(np.float32)), int(d), str(chunking), float(b))
+
     @property
     def image_size(self) -> int:
         """The side of the square frame the tower takes, from the checkpoint; frames are squashed to it."""
@@ -288,6 +356,7 @@ class PolicyEngine:
             "action_layout": layout_description(),
             "image_size": self.image_size,
             "step_rate_hz": STEP_RATE_HZ,
+            "supports_rtc": True,
         }
 
     # ---------------------------------------------------------------------------- inference
@@ -332,14 +401,44 @@ class PolicyEngine:
         noise = torch.stack([r.noise for r in requests]).to(self.device)
         scales = torch.tensor([requests[i].cfg_scale for i in guided], dtype=torch.float32, device=self.device)
         index = torch.tensor(guided, dtype=torch.long, device=self.device) if guided else None
-        actions = model.sample(cond, noise, self.num_steps, uncond, scales, self.schedule(), guided=index)
+        actions = model.sample(
+            cond,
+            noise,
+            self.num_steps,
+            uncond,
+            scales,
+            self.schedule(),
+            guided=index,
+            prefix=self.prefix_guide(requests),
+        )
         # The model's button dims in its order -> the layout's (identity for the default order).
         return reorder_buttons(actions.float().cpu().numpy(), self.button_order, to="layout")
+
+    def prefix_guide(self, requests: Sequence[PredictRequest]) -> PrefixGuide | None:
+        """The sampler's :class:`~nitrogen.model.modeling.PrefixGuide` for the requests with a prefix, or None."""
+        rows = [i for i, r in enumerate(requests) if r.prefix is not None]
+        if not rows:
+            return None
+        H, dev = self.action_horizon, self.device
+        target = torch.zeros(len(rows), H, ACTION_DIM)
+        for j, i in enumerate(rows):
+            actions = requests[i].prefix.actions
+            target[j, : actions.shape[0]] = actions
+        prefixes = [requests[i].prefix for i in rows]
+        return PrefixGuide(
+            rows=torch.tensor(rows, dtype=torch.long, device=dev),
+            target=target.to(dev),
+            length=torch.tensor([p.actions.shape[0] for p in prefixes], dtype=torch.long, device=dev),
+            delay=torch.tensor([p.delay for p in prefixes], dtype=torch.long, device=dev),
+            guided=torch.tensor([p.mode == "rtc" for p in prefixes], dtype=torch.bool, device=dev),
+            beta=torch.tensor([p.beta for p in prefixes], dtype=torch.float32, device=dev),
+        )
 
     def predict_batch(self, requests: Sequence[FrameRequest]) -> BatchPrediction:
         """Predict for a batch of histories, one new frame each: the one inference path.
 
-        Per request: draw or check the noise, then validate and squash the frame; a ``ValueError``
+        Per request: draw or check the noise, check the prefix (:meth:`chunk_prefix`), then validate
+        and squash the frame; a ``ValueError``
         there fails that request alone. Then one tower pass over the frames that passed, each
         frame's tokens appended to its history, and one batched :meth:`sample`. If the model pass
         raises, every request that reached it fails with that exception (:attr:`BatchPrediction.failure`).
@@ -353,6 +452,7 @@ class PolicyEngine:
         actions: list[np.ndarray | None] = [None] * len(requests)
         failure: Exception | None = None
         ready: list[tuple[int, torch.Tensor, np.ndarray]] = []  # (request index, noise (H, 25), frame (S, S, 3))
+        prefixes: dict[int, ChunkPrefix | None] = {}
         with torch.inference_mode(), self.autocast():
             t0 = time.perf_counter()
             for i, request in enumerate(requests):
@@ -361,6 +461,7 @@ class PolicyEngine:
                     if request.seed is not None:
                         generator = torch.Generator().manual_seed(request.seed)
                     noise = self.noise(request.noise, generator)
+                    prefixes[i] = self.chunk_prefix(request.prefix, request.delay, request.chunking, request.beta)
                     ready.append((i, noise, self.preprocess(request.frame)))
                 except ValueError as exc:
                     errors[i] = exc
@@ -374,7 +475,7 @@ class PolicyEngine:
                         history = requests[i].history
                         history.append(frame_tokens)
                         features = list(history.features)
-                        samples.append(PredictRequest(features, history.game_id, history.cfg_scale, noise))
+                        samples.append(PredictRequest(features, history.game_id, history.cfg_scale, noise, prefixes[i]))
                     sampled = self.sample(samples)
                 except Exception as exc:  # noqa: BLE001 - handed back: the server answers each request with it
                     failure = exc

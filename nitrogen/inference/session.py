@@ -130,17 +130,33 @@ class InferenceSession:
         """The checkpoint's games by name -> id; ``""`` (id 0) is unconditional. Empty if none."""
         return self.engine.list_games()
 
-    def predict(self, frame: Any, *, noise: Any = None) -> ActionChunk:
+    def predict(
+        self,
+        frame: Any,
+        *,
+        noise: Any = None,
+        prefix: Any = None,
+        delay: int | None = None,
+        chunking: str = "rtc",
+        beta: float | None = None,
+    ) -> ActionChunk:
         """Predict the next action chunk from a uint8 RGB frame (``H x W x 3`` array or PIL image).
 
         ``noise`` optionally fixes the sampler's initial noise, an ``(H, 25)`` float array. A bad
         frame or noise raises ``ValueError`` and leaves the history as it was. ``timing_ms`` holds
         ``vision_ms``, ``sample_ms`` and ``total_ms``.
+
+        Real-time chunking: ``prefix`` is the previous chunk's actions on this chunk's time grid,
+        ``(k, 25)``, and ``delay`` the ``d`` actions that run before this chunk arrives; they come
+        back exactly. ``chunking="rtc"`` guides the rest of the overlap towards the prefix (soft
+        mask, guidance capped at ``beta``, default 5 as in Black et al. 2025); ``"prefix"`` only
+        replaces the frozen actions (cheaper). See :meth:`PolicyEngine.chunk_prefix`.
         """
+        request = FrameRequest(self.history, frame, noise, prefix=prefix, delay=delay, chunking=chunking, beta=beta)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this InferenceSession is closed; load a new one to predict")
-            result = self.engine.predict_batch([FrameRequest(self.history, frame, noise)])
+            result = self.engine.predict_batch([request])
         error, action = result.errors[0], result.actions[0]
         if error is not None:
             raise error

@@ -152,7 +152,12 @@ def test_info_has_everything_a_policy_spec_reads(engine):
     info = engine.info()
     spec = PolicySpec.from_info(info)
     assert spec == PolicySpec(
-        name="released_layout", action_horizon=18, action_shift=1, image_size=256, step_rate_hz=60.0
+        name="released_layout",
+        action_horizon=18,
+        action_shift=1,
+        image_size=256,
+        step_rate_hz=60.0,
+        supports_rtc=True,
     )
     assert info["checkpoint"].endswith("released_layout.pt")
 
@@ -189,3 +194,43 @@ def test_the_frame_reaching_the_tower_is_squashed_once_to_the_checkpoints_size(t
     at_256 = cv2.resize(frame, (256, 256), interpolation=cv2.INTER_AREA)
     via_256 = cv2.resize(at_256, (224, 224), interpolation=cv2.INTER_AREA)
     assert not torch.equal(pixels, to_pixels(via_256[None]))
+
+
+def test_a_prefix_comes_back_frozen_and_bad_prefixes_fail_alone(engine, frames):
+    prefix = np.random.default_rng(3).random((12, 25)).astype(np.float32)
+    result = engine.predict_batch(
+        [
+            FrameRequest(FrameHistory(1), frames[0], _noise(0), prefix=prefix, delay=4, chunking="rtc"),
+            FrameRequest(FrameHistory(1), frames[1], _noise(1), prefix=prefix, delay=12, chunking="prefix"),
+            FrameRequest(FrameHistory(1), frames[1], _noise(1)),
+            FrameRequest(FrameHistory(1), frames[0], prefix=np.zeros((19, 25), np.float32)),
+            FrameRequest(FrameHistory(1), frames[0], prefix=prefix, delay=13),
+            FrameRequest(FrameHistory(1), frames[0], prefix=prefix * np.nan),
+            FrameRequest(FrameHistory(1), frames[0], prefix=prefix, chunking="magic"),
+            FrameRequest(FrameHistory(1), frames[0], prefix=prefix, beta=-1.0),
+            FrameRequest(FrameHistory(1), frames[0], delay=2),
+        ]
+    )
+    assert result.batch_size == 3
+    np.testing.assert_array_equal(result.actions[0][:4], prefix[:4])
+    np.testing.assert_array_equal(result.actions[1][:12], prefix)
+    plain = InferenceSession(engine).predict(frames[1], noise=_noise(1)).action_tensor
+    np.testing.assert_allclose(result.actions[2], plain, atol=1e-5)
+    messages = [str(e) for e in result.errors[3:]]
+    for message, expected in zip(
+        messages, ["prefix must have shape", "delay must be", "finite", "chunking must be", "beta must be", "without"]
+    ):
+        assert expected in message
+
+
+def test_a_session_and_a_batch_agree_on_rtc(engine, frames):
+    prefix = np.random.default_rng(4).random((15, 25)).astype(np.float32)
+    alone = InferenceSession(engine).predict(frames[0], noise=_noise(2), prefix=prefix, delay=3)
+    batch = engine.predict_batch(
+        [
+            FrameRequest(FrameHistory(1), frames[1], _noise(5)),
+            FrameRequest(FrameHistory(1), frames[0], _noise(2), prefix=prefix, delay=3),
+        ]
+    )
+    np.testing.assert_allclose(batch.actions[1], alone.action_tensor, atol=1e-5)
+    assert engine.info()["supports_rtc"] is True

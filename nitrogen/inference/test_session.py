@@ -179,6 +179,7 @@ def test_spec_describes_the_checkpoint(golden_dir):
         image_size=256,
         step_rate_hz=60.0,
         game_mapping={"": 0, "alpha": 1, "beta": 2},
+        supports_rtc=True,
     )
     assert session.spec is session.spec
 

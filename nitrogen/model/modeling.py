@@ -106,6 +106,75 @@ class Schedule:
             (pick(self.out_modulation[0]), pick(self.out_modulation[1])),
         )
 
+    def detached_copy(self) -> Schedule:
+        """A copy made of ordinary tensors (see :meth:`Conditioning.detached_copy`)."""
+        return Schedule(
+            self.buckets.clone(),
+            [(s.clone(), b.clone()) for s, b in self.block_modulations],
+            (self.out_modulation[0].clone(), self.out_modulation[1].clone()),
+        )
+
+
+RTC_BETA = 5.0
+"""Real-time chunking's default cap on the guidance weight (Black et al. 2025, arXiv 2506.07339: beta = 5)."""
+
+
+def rtc_soft_mask(delay: Tensor, length: Tensor, horizon: int) -> Tensor:
+    """RTC's soft mask ``W (R, H)`` over a new chunk, per row of ``delay (R,)`` and ``length (R,)``.
+
+    ``W_i = 1`` for the ``d`` frozen actions ``i < d`` (they run before the new chunk arrives);
+    ``W_i = c_i (e^c_i - 1) / (e - 1)`` with ``c_i = (k - i) / (k - d + 1)`` over the rest of the
+    overlap ``d <= i < k``, where ``k`` is the prefix length (the paper's ``H - s``): exponentially
+    decaying from about 1 to about 0; and ``W_i = 0`` past the overlap (``i >= k``), where the
+    previous chunk has no action. This is equation 5 of the paper.
+    """
+    i = torch.arange(horizon, device=delay.device, dtype=torch.float32)[None]  # (1, H)
+    d, k = delay.float()[:, None], length.float()[:, None]  # (R, 1)
+    c = ((k - i) / (k - d + 1)).clamp(min=0.0)
+    soft = c * torch.expm1(c) / (torch.e - 1)
+    return torch.where(i < d, torch.ones_like(soft), torch.where(i < k, soft, torch.zeros_like(soft)))
+
+
+def rtc_guidance_weight(t: float, beta: Tensor) -> Tensor:
+    """The guidance weight at flow time ``t`` (0 noise, 1 data), clipped at ``beta (R,)``.
+
+    ``min(beta, (1 - t) / (t r_t^2))`` with ``r_t^2 = (1 - t)^2 / (t^2 + (1 - t)^2)`` (the paper's
+    algorithm 1, in this model's convention where ``t = 0`` is noise); at ``t = 0`` it is ``beta``.
+    """
+    if t <= 0.0:
+        return beta
+    r2 = (1 - t) ** 2 / (t**2 + (1 - t) ** 2)
+    return beta.clamp(max=(1 - t) / (t * r2))
+
+
+@dataclass
+class PrefixGuide:
+    """Inpainting of some rows of a batch towards a prefix: real-time chunking's sampler input.
+
+    ``rows (R,)`` are the batch rows that have a prefix (the others are sampled as usual).
+    ``target (R, H, A)`` is each row's prefix (the previous chunk's actions on the new chunk's time
+    grid) padded with zeros to the horizon; ``length (R,)`` how many of its rows are real (``k``),
+    ``delay (R,)`` how many actions are frozen (``d <= k``). ``guided (R,)`` picks the method per
+    row: True is RTC's guided inpainting (soft mask, vector-Jacobian product, ``beta (R,)`` caps
+    the weight); False is the cheap hard replacement of the ``d`` frozen actions at every step.
+    """
+
+    rows: Tensor
+    target: Tensor
+    length: Tensor
+    delay: Tensor
+    guided: Tensor
+    beta: Tensor
+
+    def subset(self, mask: Tensor) -> PrefixGuide:
+        """The entries ``mask (R,)`` selects."""
+        return PrefixGuide(*(getattr(self, f)[mask] for f in ("rows", "target", "length", "delay", "guided", "beta")))
+
+    def frozen(self, horizon: int) -> Tensor:
+        """``(R, H, 1)`` True on each row's ``d`` frozen actions."""
+        i = torch.arange(horizon, device=self.delay.device)
+        return (i[None] < self.delay[:, None])[..., None]
+
 
 class DiT(nn.Module):
     """The AdaLN diffusion transformer over the action tokens."""
@@ -172,6 +241,15 @@ class Conditioning:
         """Samples ``start:stop`` of the batch (e.g. the conditional half of a CFG pass)."""
         return Conditioning({i: (k[start:stop], v[start:stop]) for i, (k, v) in self.kv.items()})
 
+    def select(self, index: Tensor) -> Conditioning:
+        """The samples ``index (R,)`` of the batch, in that order."""
+        return Conditioning({i: (k[index], v[index]) for i, (k, v) in self.kv.items()})
+
+    def detached_copy(self) -> Conditioning:
+        """A copy made of ordinary tensors, usable in autograd even when this one was built under
+        ``torch.inference_mode`` (call it outside inference mode)."""
+        return Conditioning({i: (k.clone(), v.clone()) for i, (k, v) in self.kv.items()})
+
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
         """Stack several conditionings along the batch, e.g. CFG's two branches or many clients."""
@@ -179,6 +257,44 @@ class Conditioning:
         return Conditioning(
             {i: (torch.cat([p.kv[i][0] for p in parts]), torch.cat([p.kv[i][1] for p in parts])) for i in keys}
         )
+
+
+@dataclass
+class _Branch:
+    """Some rows of a batch with their conditioning and CFG: ``both`` holds the rows' conditional
+    inputs, then the unconditional inputs of ``guided`` (indices into the rows), with ``scale (U, 1, 1)``."""
+
+    rows: Tensor
+    both: Conditioning
+    guided: Tensor | None
+    scale: Tensor
+
+    @staticmethod
+    def of(
+        rows: Tensor,
+        cond: Conditioning,
+        uncond: Conditioning | None,
+        guided: Tensor | None,
+        scale: Tensor,
+        *,
+        copy: bool = False,
+    ) -> _Branch:
+        """The branch of batch rows ``rows (M,)``; ``guided (U,)`` and ``scale`` are the batch's."""
+        local, parts, sub_scale = None, [cond.select(rows)], scale
+        if uncond is not None and guided is not None:
+            # uncond row j guides batch row guided[j]; keep those whose batch row is in `rows`.
+            position = torch.full((cond.batch_size,), -1, dtype=torch.long, device=rows.device)
+            position[rows] = torch.arange(rows.numel(), device=rows.device)
+            keep = position[guided] >= 0  # (U,)
+            if bool(keep.any()):
+                local = position[guided][keep]
+                parts.append(uncond.select(torch.nonzero(keep).flatten()))
+                sub_scale = scale.expand(guided.numel(), 1, 1)[keep]
+        both = parts[0] if len(parts) == 1 else Conditioning.cat(parts)
+        if copy:
+            both, sub_scale = both.detached_copy(), sub_scale.clone()
+            local = None if local is None else local.clone()
+        return _Branch(rows.clone() if copy else rows, both, local, sub_scale)
 
 
 class NitroGenModel(nn.Module):
@@ -298,6 +414,8 @@ class NitroGenModel(nn.Module):
         cfg_scale: Tensor | float = 1.0,
         schedule: Schedule | None = None,
         guided: Tensor | None = None,
+        *,
+        prefix: PrefixGuide | None = None,
     ) -> Tensor:
         """Integrate the flow from ``noise (B, H, A)`` with ``num_steps`` Euler steps.
 
@@ -305,12 +423,18 @@ class NitroGenModel(nn.Module):
         the samples ``guided (U,)`` (default: all ``B``, then ``U == B``), and both branches run as
         one batched pass. ``cfg_scale`` is a float or a ``(U,)`` tensor. A batch may thus mix guided
         and unguided samples. The actions are accumulated in float32 whatever the compute precision.
+
+        ``prefix`` inpaints some rows towards a previous chunk (real-time chunking, see
+        :class:`PrefixGuide` and :meth:`_sample_inpainted`); the other rows are sampled as usual.
+        Without it (or with no rows in it) this is the plain sampler, bit for bit.
         """
         if schedule is None:
             schedule = self.model.schedule(self.step_buckets(num_steps, noise.device))
         B = noise.shape[0]
         if uncond is not None and guided is None:
             guided = torch.arange(B, device=noise.device)
+        if prefix is not None and prefix.rows.numel() > 0:
+            return self._sample_inpainted(cond, noise, num_steps, uncond, cfg_scale, schedule, guided, prefix)
         both = cond if uncond is None else Conditioning.cat([cond, uncond])
         scale = torch.as_tensor(cfg_scale, dtype=torch.float32, device=noise.device).reshape(-1, 1, 1)
         x = noise.float()
@@ -324,6 +448,80 @@ class NitroGenModel(nn.Module):
                 v_cond, v_uncond = v[:B], v[B:]
                 v = v_cond.index_add(0, guided, scale * (v_cond[guided] - v_uncond))
             x = x + dt * v
+        return x
+
+    def _branch_velocity(self, branch: _Branch, x: Tensor, schedule: Schedule, i: int) -> Tensor:
+        """One Euler step's velocity ``(M, H, A)`` of the rows of ``branch``, CFG included."""
+        buckets, mods, out_mod = schedule.step(i, branch.both.batch_size)
+        M = x.shape[0]
+        # The unconditional rows see the same noisy actions as the samples they guide.
+        xin = x if branch.guided is None else torch.cat([x, x[branch.guided]])
+        v = self.velocity(xin, branch.both, buckets, mods, out_mod).float()
+        if branch.guided is not None:
+            v_cond, v_uncond = v[:M], v[M:]
+            v = v_cond.index_add(0, branch.guided, branch.scale * (v_cond[branch.guided] - v_uncond))
+        return v
+
+    def _sample_inpainted(
+        self,
+        cond: Conditioning,
+        noise: Tensor,
+        num_steps: int,
+        uncond: Conditioning | None,
+        cfg_scale: Tensor | float,
+        schedule: Schedule,
+        guided: Tensor | None,
+        prefix: PrefixGuide,
+    ) -> Tensor:
+        """The sampler with some rows inpainted towards a prefix (real-time chunking).
+
+        Rows without a prefix and ``prefix`` rows (hard replacement) run as one no-grad pass per
+        step. Hard rows: after every step their ``d`` frozen actions are set to where the flow
+        would carry the prefix, ``(1 - t) eps + t Y`` (``t`` the new flow time), so they end exactly
+        at the prefix. RTC rows (guided) run as a second pass with autograd on: the denoiser's
+        clean estimate ``A1 = x + (1 - t) v(x)`` is pulled towards the prefix ``Y`` by the
+        vector-Jacobian product ``g = ((Y - A1) * W)^T dA1/dx`` with RTC's soft mask ``W``
+        (:func:`rtc_soft_mask`), and the step is ``x + dt (v + w g)`` with ``w`` clipped at beta
+        (:func:`rtc_guidance_weight`). Their frozen actions are then the prefix exactly: those run
+        from the previous chunk anyway.
+        """
+        B, H, _ = noise.shape
+        device = noise.device
+        scale = torch.as_tensor(cfg_scale, dtype=torch.float32, device=device).reshape(-1, 1, 1)
+        soft, hard = prefix.subset(prefix.guided), prefix.subset(~prefix.guided)
+        is_soft = torch.zeros(B, dtype=torch.bool, device=device)
+        is_soft[soft.rows] = True
+        plain_rows = torch.nonzero(~is_soft).flatten()
+        plain = _Branch.of(plain_rows, cond, uncond, guided, scale) if plain_rows.numel() else None
+        x = noise.float()
+        eps = x.clone()
+        target_soft = soft.target.float()
+        with torch.inference_mode(False):
+            # Ordinary tensors for the autograd pass (the engine samples under inference mode).
+            rtc = _Branch.of(soft.rows, cond, uncond, guided, scale, copy=True) if soft.rows.numel() else None
+            rtc_schedule = schedule.detached_copy() if rtc is not None else schedule
+            weights = rtc_soft_mask(soft.delay, soft.length, H)[..., None]  # (R_soft, H, 1)
+        dt = 1.0 / num_steps
+        for i in range(num_steps):
+            t = i / num_steps
+            v = torch.empty_like(x)
+            if plain is not None:
+                v[plain.rows] = self._branch_velocity(plain, x[plain.rows], schedule, i)
+            if rtc is not None:
+                with torch.inference_mode(False), torch.enable_grad():
+                    xs = x[rtc.rows].clone().requires_grad_(True)  # (R_soft, H, A)
+                    vs = self._branch_velocity(rtc, xs, rtc_schedule, i)
+                    clean = xs + (1 - t) * vs  # the denoiser's estimate of the final actions
+                    error = weights * (target_soft - clean.detach())
+                    (g,) = torch.autograd.grad(clean, xs, grad_outputs=error)
+                v[rtc.rows] = vs.detach() + rtc_guidance_weight(t, soft.beta)[:, None, None] * g
+            x = x + dt * v
+            if hard.rows.numel():
+                t_next = (i + 1) / num_steps
+                carried = (1 - t_next) * eps[hard.rows] + t_next * hard.target.float()
+                x[hard.rows] = torch.where(hard.frozen(H), carried, x[hard.rows])
+        if soft.rows.numel():
+            x[soft.rows] = torch.where(soft.frozen(H), target_soft, x[soft.rows])
         return x
 
     # -------------------------------------------------------------------------------- training

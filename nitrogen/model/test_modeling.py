@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -160,3 +161,117 @@ def test_gradient_checkpointing_recomputes_the_vision_layers_with_equal_gradient
         grads.append(model.vision_encoder.encoder.layers[0].mlp.fc1.weight.grad.clone())
         assert len(calls) == (2 if checkpointing else 1)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- real-time chunking
+
+
+def _guide(rows, target, delay, guided, beta=5.0, length=None):
+    from nitrogen.model.modeling import PrefixGuide
+
+    R, H = len(rows), target.shape[1]
+    return PrefixGuide(
+        rows=torch.tensor(rows),
+        target=target,
+        length=torch.tensor([H] * R if length is None else length),
+        delay=torch.tensor(delay),
+        guided=torch.tensor(guided),
+        beta=torch.tensor([beta] * R, dtype=torch.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def rtc_setup(tiny):
+    model, feats = tiny
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        c0 = model.condition(model.vl_tokens([feats], [None]))
+        c1 = model.condition(model.vl_tokens([feats[-1:]], [None]))
+    noise = torch.randn(2, 16, 25, generator=g)
+    prefix = torch.rand(1, 16, 25, generator=g)
+    return model, Conditioning.cat([c0, c1]), noise, prefix
+
+
+def test_soft_mask_follows_the_paper():
+    from nitrogen.model.modeling import rtc_soft_mask
+
+    W = rtc_soft_mask(torch.tensor([3, 0]), torch.tensor([10, 4]), 12)
+    assert torch.equal(W[0, :3], torch.ones(3)) and torch.equal(W[0, 10:], torch.zeros(2))
+    soft = W[0, 3:10]
+    assert bool((soft[1:] < soft[:-1]).all()) and 0 < float(soft.min()) and float(soft.max()) < 1
+    c = (10 - 3) / (10 - 3 + 1)  # c_d = (k - d) / (k - d + 1)
+    assert abs(float(W[0, 3]) - c * (np.exp(c) - 1) / (np.e - 1)) < 1e-6
+    assert torch.equal(W[1, 4:], torch.zeros(8)) and float(W[1, 0]) < 1
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_a_delay_of_the_whole_horizon_returns_the_prefix_exactly(rtc_setup, guided):
+    model, cond, noise, prefix = rtc_setup
+    with torch.no_grad():
+        out = model.sample(cond, noise, 4, prefix=_guide([1], prefix, [16], [guided]))
+    assert torch.equal(out[1], prefix[0])
+
+
+def test_no_prefix_is_the_plain_sampler_bit_for_bit(rtc_setup):
+    model, cond, noise, prefix = rtc_setup
+    with torch.inference_mode():
+        plain = model.sample(cond, noise, 4)
+        empty = model.sample(cond, noise, 4, prefix=_guide([], prefix[:0], [], []))
+        untouched = model.sample(cond, noise, 4, prefix=_guide([1], prefix, [2], [True]))
+    assert torch.equal(plain, empty)
+    assert torch.equal(untouched[0], plain[0])  # a row without a prefix is sampled as if alone in its batch
+    assert not torch.allclose(untouched[1], plain[1], atol=1e-3)
+
+
+def test_guidance_pulls_the_overlap_towards_the_prefix_monotonically_in_beta(rtc_setup):
+    model, cond, noise, prefix = rtc_setup
+    distances = []
+    with torch.inference_mode():
+        for beta in (0.0, 1.0, 5.0, 20.0):
+            out = model.sample(cond, noise, 6, prefix=_guide([1], prefix, [2], [True], beta=beta, length=[12]))
+            distances.append(float((out[1, 2:12] - prefix[0, 2:12]).abs().mean()))
+    assert all(b < a for a, b in itertools.pairwise(distances)), distances
+    assert distances[-1] < 0.6 * distances[0]
+
+
+def test_hard_prefix_freezes_only_the_delay(rtc_setup):
+    model, cond, noise, prefix = rtc_setup
+    with torch.inference_mode():
+        out = model.sample(cond, noise, 4, prefix=_guide([0], prefix, [5], [False]))
+    assert torch.equal(out[0, :5], prefix[0, :5])
+    assert not torch.allclose(out[0, 5:], prefix[0, 5:], atol=1e-2)
+
+
+@pytest.mark.parametrize("cfg", [False, True])
+def test_a_mixed_batch_equals_each_row_alone(tiny, rtc_setup, cfg):
+    """Plain, hard-prefix and RTC rows in one batch (with CFG on two of them) agree with each alone."""
+    model, cond, noise, prefix = rtc_setup
+    _, feats = tiny
+    with torch.no_grad():
+        c = [cond.rows(0, 1), cond.rows(1, 2), cond.rows(0, 1)]
+        u = model.condition(model.vl_tokens([feats[-1:]], [None]))
+    noise3 = torch.cat([noise, noise[:1] * 0.5])
+    target = torch.cat([prefix, prefix.flip(1)])
+    batch_guide = _guide([1, 2], target, [3, 2], [True, False], length=[14, 10])
+    scale = torch.tensor([1.5, 2.0])
+    guided = torch.tensor([1, 2]) if cfg else None
+    with torch.inference_mode():
+        both = model.sample(
+            Conditioning.cat(c),
+            noise3,
+            4,
+            Conditioning.cat([u, u]) if cfg else None,
+            scale if cfg else 1.0,
+            guided=guided,
+            prefix=batch_guide,
+        )
+        alone = [
+            model.sample(c[0], noise3[0:1], 4),
+            model.sample(
+                c[1], noise3[1:2], 4, u if cfg else None, 1.5, prefix=_guide([0], target[:1], [3], [True], length=[14])
+            ),
+            model.sample(
+                c[2], noise3[2:3], 4, u if cfg else None, 2.0, prefix=_guide([0], target[1:], [2], [False], length=[10])
+            ),
+        ]
+    assert torch.allclose(both, torch.cat(alone), atol=1e-5)

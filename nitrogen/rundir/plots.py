@@ -7,6 +7,8 @@
   It takes plain :class:`ScoreRow` data, so it knows nothing of the benchmark harness.
 * :func:`dagger_chart` (:func:`dagger_figure`): score (mean, std whiskers) and agreement with the
   expert in the agent's own states against the round (``dagger.png`` of ``nitrogen dagger``).
+* :func:`latency_chart` (:func:`latency_figure`): score against latency, one panel per game and one
+  line per play mode (``docs/bench_latency.png`` of ``bench/latency.py``), from :class:`LatencyPoint` data.
 
 Figures are :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas directly, so the
 backend is Agg whatever ``pyplot`` is set to, and no global pyplot state (current figure, backend)
@@ -26,7 +28,18 @@ from typing import Any
 
 from ..atomic import atomic_write
 
-__all__ = ["ScoreRow", "curves_figure", "dagger_chart", "dagger_figure", "eval_chart", "eval_figure", "plot_curves"]
+__all__ = [
+    "LatencyPoint",
+    "ScoreRow",
+    "curves_figure",
+    "dagger_chart",
+    "dagger_figure",
+    "eval_chart",
+    "eval_figure",
+    "latency_chart",
+    "latency_figure",
+    "plot_curves",
+]
 
 Series = Sequence[tuple[int, float]]
 
@@ -365,4 +378,66 @@ def dagger_figure(
             ax.legend(loc="best", fontsize=8)
     agree_ax.set_ylim(0.0, 1.0)
     agree_ax.yaxis.set_major_formatter(_percent_formatter())
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Latency tolerance
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyPoint:
+    """One point of the latency chart: a play mode's score on a game at a latency."""
+
+    game: str
+    mode: str
+    latency_ms: float
+    score_mean: float
+    score_std: float = 0.0
+
+
+_LATENCY_TITLE = "score against policy latency (band: std over episodes)"
+
+
+def latency_chart(
+    path: str | os.PathLike[str],
+    points: Sequence[LatencyPoint],
+    *,
+    title: str = _LATENCY_TITLE,
+    size: tuple[int, int] | None = None,
+) -> Path:
+    """Write :func:`latency_figure` of ``points`` to ``path`` (PNG, atomically); returns the path."""
+    return _save_png(latency_figure(points, title=title, size=size), path)
+
+
+def latency_figure(
+    points: Sequence[LatencyPoint], *, title: str = _LATENCY_TITLE, size: tuple[int, int] | None = None
+) -> Any:
+    """One panel per game (its own score scale), one line per mode with a +-std band, latency on x."""
+    if not points:
+        raise ValueError("latency_figure needs at least one point")
+    games = list(dict.fromkeys(p.game for p in points))
+    modes = list(dict.fromkeys(p.mode for p in points))
+    colours = _colours(modes)
+    width, height = size or (440 * len(games) + 40, 380)
+    fig = _new_figure(width, height)
+    axes = fig.subplots(1, len(games), squeeze=False)[0]
+    for ax, game in zip(axes, games, strict=True):
+        for mode in modes:
+            line = sorted((p for p in points if p.game == game and p.mode == mode), key=lambda p: p.latency_ms)
+            if not line:
+                continue
+            x = [p.latency_ms for p in line]
+            y = [p.score_mean for p in line]
+            ax.plot(x, y, marker="o", color=colours[mode], label=mode, linestyle="--" if mode == "sync" else "-")
+            lo = [p.score_mean - p.score_std for p in line]
+            hi = [p.score_mean + p.score_std for p in line]
+            ax.fill_between(x, lo, hi, color=colours[mode], alpha=0.12, linewidth=0)
+        ax.set_title(game)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("score")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(title)
     return fig

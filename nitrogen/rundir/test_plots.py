@@ -10,10 +10,13 @@ import cv2
 import pytest
 
 from nitrogen.rundir.plots import (
+    LatencyPoint,
     ScoreRow,
     curves_figure,
     eval_chart,
     eval_figure,
+    latency_chart,
+    latency_figure,
     plot_curves,
 )
 
@@ -123,3 +126,25 @@ def test_dagger_chart_draws_score_and_agreement_against_the_round(tmp_path: Path
     assert sorted(line.get_ydata()[0] for line in score_ax.get_lines() if line.get_linestyle() == "--") == [1.0, 20.0]
     path = dagger_chart(series, tmp_path / "dagger.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_latency_chart_has_a_panel_per_game_and_a_line_per_mode(tmp_path: Path) -> None:
+    points = [
+        LatencyPoint(game, mode, lat, base - lat / (10 if mode == "naive" else 20), 1.0)
+        for game, base in (("ale:Freeway", 8.0), ("ale:Gopher", 440.0))
+        for mode in ("sync", "naive", "rtc")
+        for lat in (0.0, 100.0, 200.0)
+    ]
+    fig = latency_figure(points)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["ale:Freeway", "ale:Gopher"]
+    for ax in axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["sync", "naive", "rtc"]
+        assert list(ax.get_lines()[1].get_xdata()) == [0.0, 100.0, 200.0]
+    assert axes[1].get_ylim()[1] > 400 > axes[0].get_ylim()[1]  # each game on its own scale
+    path = latency_chart(tmp_path / "latency.png", points)
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[1] == 2 * 440 + 40
+    assert _no_temp_files(tmp_path)
+    with pytest.raises(ValueError, match="at least one point"):
+        latency_figure([])

@@ -70,11 +70,25 @@ def run_one(
     actions_per_chunk: int | None = None,
     mode: Literal["sync", "async"] = "sync",
     presses: PressCounter | None = None,
+    *,
+    chunking: Literal["naive", "prefix", "rtc"] | None = None,
+    execute: int | None = None,
+    latency_ms: float | None = None,
 ) -> tuple[float, int, float]:
     """One episode through the episode loop (sync by default): (score, length, median prediction ms).
 
-    ``presses``, when given, counts the buttons of every played frame."""
-    config = PlayConfig(mode=mode, max_frames=max_frames, video=False, actions_per_chunk=actions_per_chunk)
+    ``presses``, when given, counts the buttons of every played frame. ``chunking``, ``execute`` and
+    ``latency_ms`` are those of :class:`~nitrogen.runtime.loop.PlayConfig`.
+    """
+    config = PlayConfig(
+        mode=mode,
+        max_frames=max_frames,
+        video=False,
+        actions_per_chunk=actions_per_chunk,
+        chunking=chunking,
+        execute=execute,
+        latency_ms=latency_ms,
+    )
     observer = PressRateObserver()
     stats = run_episode(env, policy, config, [observer], seed=seed)
     if presses is not None:
@@ -93,6 +107,9 @@ def run_benchmark(
     actions_per_chunk: int | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
     mode: Literal["sync", "async"] = "sync",
+    chunking: Literal["naive", "prefix", "rtc"] | None = None,
+    execute: int | None = None,
+    latency_ms: float | None = None,
 ) -> list[EpisodeResult]:
     """Play every contender on every game and seed, each episode through the one episode loop.
 
@@ -103,7 +120,8 @@ def run_benchmark(
     skipped. ``actions_per_chunk`` is the policies' receding horizon (see
     :class:`~nitrogen.runtime.loop.PlayConfig`). ``on_episode`` is called after every episode (progress).
     ``mode="async"`` plays on the game's clock while the policy thinks, so a slow policy scores what
-    it would score live; the default, sync, scores the policy alone.
+    it would score live; the default, sync, scores the policy alone. ``chunking``, ``execute`` and
+    ``latency_ms`` (simulated latency) are those of :class:`~nitrogen.runtime.loop.PlayConfig`.
     """
     if make_env is None:
         from ..envs import make_env
@@ -119,7 +137,16 @@ def run_benchmark(
                 for seed in seeds:
                     presses = PressCounter()
                     score, length, latency = run_one(
-                        env, policy, seed, max_frames, actions_per_chunk, mode, presses=presses
+                        env,
+                        policy,
+                        seed,
+                        max_frames,
+                        actions_per_chunk,
+                        mode,
+                        presses=presses,
+                        chunking=chunking,
+                        execute=execute,
+                        latency_ms=latency_ms,
                     )
                     results.append(EpisodeResult(env_id, name, seed, score, length, latency, presses.rates()))
                     if on_episode is not None:

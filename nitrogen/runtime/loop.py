@@ -22,13 +22,34 @@ current chunk has played ``actions_per_chunk - action_shift`` actions (without
 ``actions_per_chunk``, as soon as its first action plays). When a chunk arrives after its first frames
 have passed, those actions are *stale* and skipped. Embedded games are stepped on a wall clock at
 their frame rate, so they behave like live ones.
+
+**Chunking** (``chunking``): ``naive`` switches to a new chunk as it is; ``prefix`` and ``rtc``
+(real-time chunking, Black et al. 2025, arXiv 2506.07339; the default in async mode for a policy
+whose spec says ``supports_rtc``) send, with each request, the newest chunk's actions on the new
+chunk's time grid as a prefix, and the delay ``d``: the actions that will run before the new chunk
+arrives, from a running p90 of the measured latency in frames, less the action shift. ``prefix``
+freezes those ``d`` actions; ``rtc`` also guides the rest of the overlap towards the old chunk.
+``execute`` is the execution horizon ``s``: the next chunk is asked for so that its first action
+falls after ``s`` actions of the current chunk (``execute`` defaults to ``actions_per_chunk``).
+One chunk lasts until the next arrives only while ``s + d <= H``; past that, frames starve. A
+request whose delay covers the whole prefix (nothing of it would run from the new chunk) is sent
+without one, as in naive chunking.
+
+**Simulated latency** (``latency_ms``): the game advances one frame per step of simulated time and
+never waits; the policy runs synchronously when asked, and its result becomes usable exactly
+``ceil(latency_ms * fps / 1000)`` frames after the request frame, however long it really took. A
+run is then deterministic for a seed. ``in_flight`` > 1 (simulated mode only) asks every ``s``
+frames without waiting for the previous answer (pipelined requests). In sync mode the game waits
+anyway, so ``latency_ms`` only sets :attr:`EpisodeStats.simulated_s` (real time spent, thinking included).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +106,30 @@ class PlayConfig(BaseModel):
     )
     explore_frames: tuple[int, int] = Field((4, 16), description="burst length bounds, inclusive")
     video: bool = True
+    chunking: Literal["naive", "prefix", "rtc"] | None = Field(
+        None,
+        description="how a new chunk joins the current one: naive, prefix (frozen delay) or rtc (real-time "
+        "chunking); default rtc in async mode for a policy that supports it, naive otherwise",
+    )
+    execute: int | None = Field(
+        None,
+        ge=1,
+        description="execution horizon s: ask for the next chunk after s actions (default: actions_per_chunk)",
+    )
+    latency_ms: float | None = Field(
+        None, ge=0, le=60_000, description="simulated latency: the game runs in simulated time (see the module doc)"
+    )
+    in_flight: int = Field(1, ge=1, le=64, description="requests in flight at once (simulated latency only)")
+    rtc_beta: float = Field(5.0, ge=0, le=1000, description="RTC's cap on the guidance weight (the paper's 5)")
+    latency_window: int = Field(20, ge=1, description="chunks whose latency the p90 behind the delay d is taken over")
 
     @model_validator(mode="after")
     def _burst_bounds(self) -> PlayConfig:
         low, high = self.explore_frames
         if not 1 <= low <= high:
             raise ValueError(f"explore_frames must satisfy 1 <= low <= high, got {self.explore_frames}")
+        if self.in_flight > 1 and self.latency_ms is None:
+            raise ValueError("in_flight > 1 needs latency_ms (pipelined requests exist in simulated time only)")
         return self
 
 
@@ -109,6 +148,13 @@ class EpisodeStats:
     wall_s: float = 0.0
     interrupted: bool = False
     terminated: bool = False
+    chunking: str = "naive"
+    """The chunking the episode used (after any fallback)."""
+    delays: list[int] = field(default_factory=list)
+    """The delay ``d`` sent with each prefixed request."""
+    simulated_s: float | None = None
+    """With ``latency_ms``: the real time the episode would take, the game's frames plus, in sync
+    mode, the pauses while the policy thinks."""
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
@@ -127,6 +173,9 @@ class EpisodeStats:
             "latency_p95_ms": float(np.percentile(lat, 95)),
             "wall_s": self.wall_s,
             "interrupted": self.interrupted,
+            "chunking": self.chunking,
+            **({"delay_mean": float(np.mean(self.delays))} if self.delays else {}),
+            **({"simulated_s": self.simulated_s} if self.simulated_s is not None else {}),
         }
 
 
@@ -187,6 +236,67 @@ class _Chunk:
     start: int
     """The frame its first action is meant for."""
     index: int
+    actions: np.ndarray | None = None
+    """The raw ``(H, 25)`` action tensor (the prefix of the next request comes from it)."""
+
+
+_WARNED_NO_RTC: set[str] = set()
+
+
+def resolve_chunking(config: PlayConfig, spec: PolicySpec) -> str:
+    """The chunking an episode uses: the configured one, or rtc in async mode for a policy that
+    supports it; a prefix mode the policy does not support falls back to naive, with one warning."""
+    wanted = config.chunking or ("rtc" if config.mode == "async" and spec.supports_rtc else "naive")
+    if wanted != "naive" and not spec.supports_rtc:
+        if spec.name not in _WARNED_NO_RTC:
+            _WARNED_NO_RTC.add(spec.name)
+            log.warning("policy %s does not support %s chunking; playing with naive chunking", spec.name, wanted)
+        return "naive"
+    return wanted
+
+
+class _Planner:
+    """What each request carries under real-time chunking: the prefix, and the delay ``d``.
+
+    ``d`` is the running p90 of the measured latency in frames (request frame to arrival frame,
+    over the last ``latency_window`` chunks), less the action shift: the actions of the new chunk
+    that run before it arrives. The prefix is the newest chunk's actions from the new chunk's first
+    frame on; its length ``k`` is what is left of that chunk (the paper's ``H - s``).
+    """
+
+    def __init__(self, ep: _Episode, mode: str, *, fixed_delay: int | None = None):
+        self.ep, self.mode, self.fixed_delay = ep, mode, fixed_delay
+        self.latency_frames: deque[int] = deque(maxlen=ep.config.latency_window)
+
+    def measured(self, frames: int) -> None:
+        self.latency_frames.append(max(0, int(frames)))
+
+    def delay(self) -> int:
+        if self.fixed_delay is not None:
+            return self.fixed_delay
+        if not self.latency_frames:
+            return 0
+        p90 = float(np.percentile(np.asarray(self.latency_frames, dtype=np.float64), 90))
+        return max(0, math.ceil(p90 - 1e-9) - self.ep.shift)
+
+    def request(self, observed_at: int) -> dict[str, Any]:
+        """The keyword arguments of ``policy.predict`` for a frame observed at ``observed_at``."""
+        ep = self.ep
+        base = ep.pending or ep.current
+        if self.mode == "naive" or base is None or base.actions is None:
+            return {}
+        offset = observed_at + ep.shift - base.start  # the new chunk's action 0 is base's action `offset`
+        if offset < 0 or offset >= len(base.actions):
+            return {}
+        prefix = np.ascontiguousarray(base.actions[offset:], dtype=np.float32)
+        d = self.delay()
+        if d >= len(prefix):
+            # The new chunk arrives after the newest one has run out: no action of the prefix would
+            # run from the new chunk, and guiding the new chunk towards a plan that old only pulls it
+            # away from its own observation (the paper needs d <= H - s). Ask as naive chunking does.
+            return {}
+        ep.stats.delays.append(d)
+        return {"prefix": prefix, "delay": d, "chunking": self.mode, "beta": ep.config.rtc_beta}
 
 
 class _Explorer:
@@ -226,11 +336,22 @@ class _Episode:
         self.current: _Chunk | None = None
         self.pending: _Chunk | None = None
         self.explorer: _Explorer | None = None
+        self.stats.chunking = resolve_chunking(config, self.spec)
+        fps = config.fps or float(getattr(env, "fps", 60.0))
+        self.fps = fps
+        self.latency_frames = None if config.latency_ms is None else math.ceil(config.latency_ms * fps / 1000 - 1e-9)
+        """Simulated latency in frames: a result is usable this many frames after its request frame."""
 
     @property
     def per_chunk(self) -> int:
-        """Actions of each chunk played before the next takes over."""
-        return min(self.config.actions_per_chunk or self.spec.action_horizon, self.spec.action_horizon)
+        """Actions of each chunk played before the next takes over: the execution horizon ``s``."""
+        s = self.config.execute or self.config.actions_per_chunk
+        return min(s or self.spec.action_horizon, self.spec.action_horizon)
+
+    @property
+    def replan(self) -> bool:
+        """Whether a receding horizon (``execute`` or ``actions_per_chunk``) is set."""
+        return (self.config.execute or self.config.actions_per_chunk) is not None
 
     def observe(self) -> np.ndarray:
         return prepare_frame(self.frame, self.spec)
@@ -241,7 +362,7 @@ class _Episode:
         for o in self.observers:
             o.on_chunk(latency_ms)
         start = observed_at if first_now else observed_at + self.shift
-        self.pending = _Chunk(states_from_chunk(chunk.action_tensor), start, self.stats.chunks)
+        self.pending = _Chunk(states_from_chunk(chunk.action_tensor), start, self.stats.chunks, chunk.action_tensor)
         self.stats.chunks += 1
 
     def promote(self) -> None:
@@ -316,6 +437,9 @@ def run_episode(
         ep.stats.interrupted = True
     finally:
         ep.stats.wall_s = time.perf_counter() - started
+        if config.latency_ms is not None:
+            thinking = ep.stats.chunks * config.latency_ms / 1000 if config.mode == "sync" else 0.0
+            ep.stats.simulated_s = ep.stats.frames / ep.fps + thinking
     for o in observers:
         o.on_episode_end(ep.stats)
     return ep.stats
@@ -343,16 +467,18 @@ class _Clock:
 
 
 def _game_clock(ep: _Episode) -> _Clock:
-    fps = ep.config.fps or float(getattr(ep.env, "fps", 60.0))
+    if ep.config.latency_ms is not None:
+        return _Clock(ep.fps, False)  # simulated time: a frame is a step, never a wait
     live = bool(getattr(ep.env, "live", False))  # a desktop game: one action per frame of its clock
     realtime = ep.config.realtime if ep.config.realtime is not None else (ep.config.mode == "async" or live)
-    return _Clock(fps, realtime)
+    return _Clock(ep.fps, realtime)
 
 
 def _run_sync(ep: _Episode) -> None:
     """Observe (the game paused), then play until the next observation is due."""
     clock = _game_clock(ep)
     pause, resume = getattr(ep.env, "pause", None), getattr(ep.env, "resume", None)
+    planner = _Planner(ep, ep.stats.chunking, fixed_delay=0)  # the game waits: nothing runs before arrival
     next_observation = ep.stats.frames
     while True:
         ep.promote()
@@ -362,7 +488,7 @@ def _run_sync(ep: _Episode) -> None:
             if pause is not None:
                 pause()  # a live game waits for the policy, as in the original
             try:
-                chunk = ep.policy.predict(ep.observe())
+                chunk = ep.policy.predict(ep.observe(), **planner.request(observed_at))
             finally:
                 if resume is not None:
                     resume()
@@ -383,7 +509,7 @@ class _Predictor:
 
     def __init__(self, policy: Policy):
         self.policy = policy
-        self._request: tuple[np.ndarray, int] | None = None
+        self._request: tuple[np.ndarray, int, dict[str, Any]] | None = None
         self._result: tuple[ActionChunk, int, float] | None = None
         self._error: BaseException | None = None
         self._cv = threading.Condition()
@@ -392,13 +518,17 @@ class _Predictor:
         self._thread = threading.Thread(target=self._run, name="nitrogen-predict", daemon=True)
         self._thread.start()
 
-    def submit(self, frame: np.ndarray, frame_index: int) -> None:
+    @property
+    def in_flight(self) -> int:
+        return int(self.busy)
+
+    def submit(self, frame: np.ndarray, frame_index: int, kwargs: dict[str, Any] | None = None) -> None:
         with self._cv:
-            self._request = (frame, frame_index)
+            self._request = (frame, frame_index, kwargs or {})
             self.busy = True
             self._cv.notify_all()
 
-    def poll(self) -> tuple[ActionChunk, int, float] | None:
+    def poll(self, frame_index: int = 0) -> tuple[ActionChunk, int, float] | None:
         with self._cv:
             if self._error is not None:
                 raise self._error
@@ -414,11 +544,11 @@ class _Predictor:
                     self._cv.wait()
                 if self._closed:
                     return
-                frame, index = self._request
+                frame, index, kwargs = self._request
                 self._request = None
             started = time.perf_counter()
             try:
-                chunk = self.policy.predict(frame)
+                chunk = self.policy.predict(frame, **kwargs)
             except BaseException as exc:  # surfaced to the loop on its next poll
                 with self._cv:
                     self._error = exc
@@ -434,33 +564,129 @@ class _Predictor:
         self._thread.join(timeout=5)
 
 
+class _SimulatedPredictor:
+    """Simulated latency: the policy runs synchronously when asked, and its result becomes usable
+    exactly ``delay_frames`` frames after the request frame (in request order)."""
+
+    def __init__(self, policy: Policy, delay_frames: int):
+        self.policy, self.delay_frames = policy, delay_frames
+        self._queue: deque[tuple[int, ActionChunk, int, float]] = deque()  # (usable at, chunk, request frame, ms)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def submit(self, frame: np.ndarray, frame_index: int, kwargs: dict[str, Any] | None = None) -> None:
+        started = time.perf_counter()
+        chunk = self.policy.predict(frame, **(kwargs or {}))
+        compute_ms = (time.perf_counter() - started) * 1e3
+        self._queue.append((frame_index + self.delay_frames, chunk, frame_index, compute_ms))
+
+    def poll(self, frame_index: int) -> tuple[ActionChunk, int, float] | None:
+        if self._queue and self._queue[0][0] <= frame_index:
+            _, chunk, requested, compute_ms = self._queue.popleft()
+            return chunk, requested, compute_ms
+        return None
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
 def _run_async(ep: _Episode) -> None:
-    """The game advances on its clock; chunks switch in at their frame as they arrive."""
+    """The game advances on its clock (or in simulated time); chunks switch in at their frame as they arrive.
+
+    One request is in flight at a time (``in_flight`` in simulated time). Without a receding
+    horizon the next request goes out once the newest chunk has started; with one, so that the
+    next chunk would start right after ``per_chunk`` actions of this one. Pipelined requests
+    (``in_flight > 1``) go out every ``per_chunk`` frames instead.
+    """
     clock = _game_clock(ep)
-    predictor = _Predictor(ep.policy)
-    replan = ep.config.actions_per_chunk is not None
+    simulated = ep.latency_frames is not None
+    predictor: Any = _SimulatedPredictor(ep.policy, ep.latency_frames) if simulated else _Predictor(ep.policy)
+    planner = _Planner(ep, ep.stats.chunking)
+    pipelined = ep.config.in_flight > 1
     try:
-        predictor.submit(ep.observe(), ep.stats.frames)
-        next_request: int | None = None
+        predictor.submit(ep.observe(), ep.stats.frames, planner.request(ep.stats.frames))
+        next_request: int | None = ep.stats.frames + ep.per_chunk if pipelined else None
         clock.restart()
+
+        def collect() -> None:
+            nonlocal next_request
+            arrived = predictor.poll(ep.stats.frames)
+            if arrived is None:
+                return
+            chunk, observed_at, latency_ms = arrived
+            planner.measured(ep.stats.frames - observed_at)
+            ep.arrived(chunk, observed_at, latency_ms)
+            if not pipelined:
+                start = ep.pending.start
+                next_request = max(start + ep.per_chunk - ep.shift, start) if ep.replan else start
+
         while True:
             ep.promote()
-            arrived = predictor.poll()
-            if arrived is not None:
-                chunk, observed_at, latency_ms = arrived
-                ep.arrived(chunk, observed_at, latency_ms)
-                # Without a receding horizon, ask again once this chunk has started; with one, when
-                # the next chunk would start right after this one's `per_chunk` actions.
-                start = ep.pending.start
-                next_request = max(start + ep.per_chunk - ep.shift, start) if replan else start
-            if next_request is not None and ep.stats.frames >= next_request and not predictor.busy:
-                predictor.submit(ep.observe(), ep.stats.frames)
-                next_request = None
+            collect()
+            due = next_request is not None and ep.stats.frames >= next_request
+            if due and predictor.in_flight < ep.config.in_flight:
+                f = ep.stats.frames
+                predictor.submit(ep.observe(), f, planner.request(f))
+                next_request = f + ep.per_chunk if pipelined else None
+                if simulated:
+                    collect()  # a result with no latency is usable on its own request frame
             if ep.play_frame():
                 return
             clock.tick()
     finally:
         predictor.close()
+
+
+class SwitchStats(Observer):
+    """How smooth the played actions are at chunk switches, against inside a chunk.
+
+    For each pair of consecutive frames both played from a chunk, the mean absolute change of the
+    four stick axes (each in [-1, 1]) and the number of physical buttons (and triggers) that flip;
+    pairs whose two frames come from different chunks are *switches*, the others *inside*.
+    """
+
+    def __init__(self) -> None:
+        self.switch_stick: list[float] = []
+        self.switch_flips: list[int] = []
+        self.inside_stick: list[float] = []
+        self.inside_flips: list[int] = []
+        self._last: tuple[int, GamepadState] | None = None
+
+    def on_episode_start(self, episode: int, seed: int | None) -> None:
+        self._last = None
+
+    def on_step(self, step: Step) -> None:
+        if step.substep < 0 or step.chunk < 0:
+            self._last = None
+            return
+        state = step.action
+        if self._last is not None:
+            chunk, prev = self._last
+            stick = np.abs(np.subtract((*state.left_stick, *state.right_stick), (*prev.left_stick, *prev.right_stick)))
+            flips = len(state.physical_buttons() ^ prev.physical_buttons())
+            if chunk == step.chunk:
+                self.inside_stick.append(float(stick.mean()))
+                self.inside_flips.append(flips)
+            else:
+                self.switch_stick.append(float(stick.mean()))
+                self.switch_flips.append(flips)
+        self._last = (step.chunk, state)
+
+    def summary(self) -> dict[str, float | int]:
+        """Means over the pairs seen so far (NaN where there were none), and the pair counts."""
+
+        def mean(values: Sequence[float]) -> float:
+            return float(np.mean(values)) if len(values) else float("nan")
+
+        return {
+            "switches": len(self.switch_stick),
+            "switch_stick": mean(self.switch_stick),
+            "switch_flips": mean(self.switch_flips),
+            "inside_stick": mean(self.inside_stick),
+            "inside_flips": mean(self.inside_flips),
+        }
 
 
 class ProgressLine(Observer):

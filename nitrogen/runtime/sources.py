@@ -168,9 +168,9 @@ class DelayedPolicy:
     def spec(self) -> PolicySpec:
         return self.policy.spec
 
-    def predict(self, frame: Any) -> ActionChunk:
+    def predict(self, frame: Any, **kwargs: Any) -> ActionChunk:
         time.sleep(self.delay_s)
-        return self.policy.predict(frame)
+        return self.policy.predict(frame, **kwargs)
 
     def reset(self) -> None:
         self.policy.reset()

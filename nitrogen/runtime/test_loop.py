@@ -239,3 +239,129 @@ def test_a_run_folder_replays_exactly_as_recorded(breakout, tmp_path):
     replayed = [line["state"] for line in _lines(Path(second["run_dir"]))]
     assert len(recorded) == 120 and replayed == recorded
     assert len({json.dumps(s) for s in recorded}) > 10  # varied sticks and buttons, not all neutral
+
+
+# ------------------------------------------------------------------------- chunking and simulated latency
+
+
+class _PrefixTagged(_Tagged):
+    """:class:`_Tagged` that says it supports RTC and notes what each request carried."""
+
+    def __init__(self, env, *, horizon: int, shift: int):
+        super().__init__(env, horizon=horizon, shift=shift)
+        self.spec = self.spec.model_copy(update={"supports_rtc": True})
+        self.requests: list[dict] = []
+        self.chunks: list[np.ndarray] = []
+
+    def predict(self, frame, **kwargs):
+        self.requests.append(kwargs)
+        chunk = super().predict(frame)
+        self.chunks.append(chunk.action_tensor)
+        return chunk
+
+
+class _Steps:
+    def __init__(self):
+        self.steps = []
+
+    def on_episode_start(self, episode, seed): ...
+
+    def on_chunk(self, latency_ms): ...
+
+    def on_episode_end(self, stats): ...
+
+    def on_step(self, step):
+        self.steps.append((step.chunk, step.substep))
+
+
+@pytest.mark.parametrize(("latency_ms", "shift", "execute"), [(100, 2, 3), (50, 0, 3), (200, 0, 6), (0, 1, 4)])
+def test_simulated_latency_switches_on_the_frame_the_latency_implies(breakout, latency_ms, shift, execute):
+    """A result is usable exactly ceil(L * 60 / 1000) frames after its request frame: the chunk takes
+    over on that frame, at the action meant for it, and the request carries the newest chunk's
+    actions on the new grid with d = latency - shift frozen."""
+    from nitrogen.runtime.loop import run_episode
+
+    env = _Counting(breakout)
+    policy = _PrefixTagged(env, horizon=18, shift=shift)
+    steps = _Steps()
+    config = PlayConfig(mode="async", max_frames=120, chunking="rtc", execute=execute, latency_ms=latency_ms)
+    stats = run_episode(env, policy, config, [steps])
+    lag = round(latency_ms * 60 / 1000)
+    first_frame = {}
+    for f, (c, k) in enumerate(steps.steps):
+        if k >= 0 and c not in first_frame:
+            first_frame[c] = (f, k)
+    assert len(first_frame) >= 5
+    for c, (f, k) in first_frame.items():
+        observed = policy.observed[c]
+        assert f == max(observed + lag, observed + shift), (c, f, observed)
+        assert k == f - observed - shift
+    assert stats.chunking == "rtc" and policy.requests[0] == {}
+    for c in range(2, len(policy.requests)):
+        sent = policy.requests[c]
+        base = policy.chunks[c - 1]
+        offset = policy.observed[c] + shift - (policy.observed[c - 1] + shift)
+        d = max(lag - shift, 0)
+        if d >= 18 - offset:
+            assert sent == {}  # the newest chunk runs out before this one arrives: nothing to join
+            continue
+        np.testing.assert_array_equal(sent["prefix"], base[offset:])
+        assert sent["delay"] == d and sent["chunking"] == "rtc"
+
+
+def test_simulated_latency_is_deterministic_for_a_seed(breakout, tiny_ckpt):
+    from nitrogen.runtime.loop import run_episode
+
+    runs = []
+    for _ in range(2):
+        policy = InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", seed=3)
+        steps = _Steps()
+        config = PlayConfig(mode="async", max_frames=45, chunking="rtc", execute=3, latency_ms=100)
+        stats = run_episode(breakout, policy, config, [steps], seed=5)
+        runs.append((steps.steps, stats.score, stats.stale, stats.starved, stats.delays))
+    assert runs[0] == runs[1]
+    assert runs[0][4] and all(d == 5 for d in runs[0][4][1:])  # 6 frames of latency less the shift of 1
+
+
+def test_a_policy_without_rtc_falls_back_to_naive_with_one_warning(breakout, caplog):
+    from nitrogen.runtime import loop
+
+    loop._WARNED_NO_RTC.discard("replay:array")
+    policy = ReplayPolicy(_actions("SOUTH", n=400))
+    config = PlayConfig(mode="async", max_frames=20, chunking="rtc", latency_ms=50, episodes=2)
+    with caplog.at_level("WARNING", logger="nitrogen.play"):
+        summaries = play(breakout, policy, config)
+    assert [s["chunking"] for s in summaries] == ["naive", "naive"]
+    assert len([r for r in caplog.records if "naive chunking" in r.getMessage()]) == 1
+    assert PlayConfig().chunking is None and loop.resolve_chunking(PlayConfig(), policy.spec) == "naive"
+
+
+def test_pipelined_requests_need_simulated_latency():
+    with pytest.raises(ValueError, match="in_flight"):
+        PlayConfig(in_flight=2)
+    assert PlayConfig(in_flight=2, latency_ms=200).in_flight == 2
+
+
+def test_sync_mode_with_latency_reports_the_real_time_it_would_take(breakout):
+    from nitrogen.runtime.loop import run_episode
+
+    config = PlayConfig(mode="sync", max_frames=60, actions_per_chunk=6, latency_ms=100)
+    stats = run_episode(breakout, ReplayPolicy(_actions(None, n=400)), config)
+    assert stats.chunks == 10 and stats.simulated_s == pytest.approx(60 / 60 + 10 * 0.1)
+
+
+def test_the_shipped_agent_plays_a_short_rtc_episode():
+    """CI's RTC eval of the shipped agent: a few simulated seconds with 100 ms of latency."""
+    from nitrogen.runtime.loop import SwitchStats, run_episode
+    from nitrogen.runtime.sources import make_policy
+
+    policy = make_policy("default", seed=0)
+    switches = SwitchStats()
+    with make_env("ale:Freeway") as env:
+        config = PlayConfig(mode="async", max_frames=48, chunking="rtc", execute=3, latency_ms=100)
+        stats = run_episode(env, policy, config, [switches], seed=0)
+    assert stats.chunking == "rtc" and stats.frames == 48
+    assert stats.delays[1:] and all(d == 6 for d in stats.delays[1:])  # action_shift 0
+    assert stats.stale == 6 * stats.chunks and stats.starved == 6  # each chunk arrives 6 frames late
+    summary = switches.summary()
+    assert summary["switches"] >= 3 and summary["inside_stick"] >= 0

@@ -99,15 +99,36 @@ class ModelClient:
 
     # -- Policy interface ------------------------------------------------------------------------
 
-    def predict(self, frame: Any, *, noise: Any = None, seed: int | None = None) -> ActionChunk:
+    def predict(
+        self,
+        frame: Any,
+        *,
+        noise: Any = None,
+        seed: int | None = None,
+        prefix: Any = None,
+        delay: int | None = None,
+        chunking: str = "rtc",
+        beta: float | None = None,
+    ) -> ActionChunk:
         """The next action chunk for ``frame`` (uint8 ``H x W x 3`` RGB array, or a PIL image).
 
         ``noise`` (float32 ``(H, 25)``) or ``seed`` make the server's sampling reproducible.
+        ``prefix``, ``delay``, ``chunking`` and ``beta`` are real-time chunking's inputs, as in
+        :meth:`nitrogen.inference.session.InferenceSession.predict`.
         ``timing_ms`` of the result holds ``server_ms``, ``queue_ms`` and ``roundtrip_ms``.
         """
         fields: dict[str, Any] = {"frame": as_rgb_frame(frame)}
         if noise is not None:
             fields["noise"] = _as_noise(noise)
+        if prefix is not None:
+            fields["prefix"] = np.asarray(prefix, dtype=np.float32)
+            fields["chunking"] = str(chunking)
+            if delay is not None:
+                fields["delay"] = int(delay)
+            if beta is not None:
+                fields["beta"] = float(beta)
+        elif delay is not None:
+            raise ValueError("a delay was given without a prefix")
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
                 raise ValueError(f"seed must be a non-negative integer below 2**63, got {seed!r}")

@@ -11,6 +11,8 @@ array's shape must account for its bytes exactly before it is viewed. A request:
      "token": bytes,                                    # optional, 16..64 bytes: the client's session secret
      "frame": uint8 (H, W, 3),                          # predict only
      "noise": float32 (H, 25), "seed": int,             # optional, for reproducible sampling
+     "prefix": float32 (k, 25), "delay": int,           # optional, real-time chunking: the previous
+     "chunking": "rtc" | "prefix", "beta": float,       #   chunk on this one's grid, d frozen actions
      "game": str | int, "cfg_scale": float}             # optional per-session overrides
 
 A reply carries ``"status": "ok"`` and timing (``server_ms``, ``queue_ms``), or
@@ -24,6 +26,9 @@ budgets (:data:`MAX_FRAME_SIDE` is the one limit of :mod:`nitrogen.inference.pre
 frame must be (uint8 RGB, non-empty) is checked once per side by
 :func:`~nitrogen.inference.preprocessing.as_rgb_frame`: in the client before sending, in the
 server's engine before the tower. The bounds on ``cfg_scale`` and on the noise are the engine's.
+A ``prefix`` is checked here for its dtype (float32), shape ``(k, 25)`` with ``1 <= k <=``
+:data:`MAX_PREFIX_ROWS`, finite values, and ``delay`` (``0..k``), ``chunking`` and ``beta``
+(``0..``:data:`MAX_BETA`); that ``k`` fits the model's horizon is the engine's to check.
 
 Decoding has a bounded cost (:class:`DecodeLimits`): a request may hold at most
 ``max_containers`` maps and lists in all, each of at most ``max_items`` entries, and strings of at
@@ -45,11 +50,14 @@ from ..inference.preprocessing import MAX_FRAME_SIDE
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "CHUNKING_MODES",
     "MAX_ARRAY_DIMS",
+    "MAX_BETA",
     "MAX_ERROR_CHARS",
     "MAX_FRAME_SIDE",
     "MAX_ID_CHARS",
     "MAX_MESSAGE_BYTES",
+    "MAX_PREFIX_ROWS",
     "PROTOCOL_VERSION",
     "REPLY_LIMITS",
     "REQUEST_LIMITS",
@@ -78,6 +86,11 @@ TOKEN_BYTES = (16, 64)
 """The shortest and longest session token a request may carry."""
 MAX_ERROR_CHARS = 300
 """Error messages are cut to this length, so an error reply stays far under 1 KB."""
+MAX_PREFIX_ROWS = 1024
+"""The most rows a ``prefix`` may have on the wire (the released model's horizon is 18)."""
+MAX_BETA = 1000.0
+"""The largest RTC guidance cap a request may carry."""
+CHUNKING_MODES = ("rtc", "prefix")
 _ND = "__nd__"
 
 
@@ -240,6 +253,7 @@ def validate_request(msg: dict[str, Any]) -> dict[str, Any]:
         seed = msg.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
             raise ProtocolError("'seed' must be a non-negative integer")
+        _validate_prefix(msg)
     game = msg.get("game")
     if game is not None and (not isinstance(game, (str, int)) or isinstance(game, bool)):
         raise ProtocolError("'game' must be a name or an id")
@@ -247,6 +261,33 @@ def validate_request(msg: dict[str, Any]) -> dict[str, Any]:
     if cfg is not None and (not isinstance(cfg, (int, float)) or isinstance(cfg, bool) or not np.isfinite(cfg)):
         raise ProtocolError("'cfg_scale' must be a finite number")
     return msg
+
+
+def _validate_prefix(msg: dict[str, Any]) -> None:
+    """The real-time chunking fields of a predict request: ``prefix``, ``delay``, ``chunking``, ``beta``."""
+    prefix, delay = msg.get("prefix"), msg.get("delay")
+    chunking, beta = msg.get("chunking"), msg.get("beta")
+    if prefix is None:
+        if any(v is not None for v in (delay, chunking, beta)):
+            raise ProtocolError("'delay', 'chunking' and 'beta' need a 'prefix'")
+        return
+    if not isinstance(prefix, np.ndarray) or prefix.dtype != np.float32 or prefix.ndim != 2:
+        raise ProtocolError("'prefix' must be a float32 (k, 25) array")
+    if prefix.shape[1] != 25 or not 1 <= prefix.shape[0] <= MAX_PREFIX_ROWS:
+        raise ProtocolError(f"'prefix' must have shape (k, 25) with 1 <= k <= {MAX_PREFIX_ROWS}, got {prefix.shape}")
+    if not np.isfinite(prefix).all():
+        raise ProtocolError("'prefix' must hold finite values")
+    if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= len(prefix)):
+        raise ProtocolError("'delay' must be an integer from 0 to the prefix length")
+    if chunking is not None and chunking not in CHUNKING_MODES:
+        raise ProtocolError(f"'chunking' must be one of {list(CHUNKING_MODES)}")
+    if beta is not None and (
+        not isinstance(beta, (int, float))
+        or isinstance(beta, bool)
+        or not np.isfinite(beta)
+        or not 0 <= beta <= MAX_BETA
+    ):
+        raise ProtocolError(f"'beta' must be a finite number from 0 to {MAX_BETA:g}")
 
 
 def ok(request_id: Any = None, **fields: Any) -> dict[str, Any]:

@@ -803,7 +803,16 @@ class InferenceServer:
         """Run one batch through the engine; every job gets a reply, an error one if it failed."""
         started = time.perf_counter()
         requests = [
-            FrameRequest(job.session, job.request["frame"], job.request.get("noise"), job.request.get("seed"))
+            FrameRequest(
+                job.session,
+                job.request["frame"],
+                job.request.get("noise"),
+                job.request.get("seed"),
+                prefix=job.request.get("prefix"),
+                delay=job.request.get("delay"),
+                chunking=job.request.get("chunking") or "rtc",
+                beta=job.request.get("beta"),
+            )
             for job in batch
         ]
         try:

@@ -116,3 +116,24 @@ def test_declared_shapes_must_account_for_the_bytes_exactly():
     assert empty.shape == (2**25, 0)
     with pytest.raises(ProtocolError, match="exceeds the 8192-pixel limit"):
         validate_request({"v": 1, "type": "predict", "frame": np.zeros((2**25, 2**25, 0), np.uint8)})
+
+
+def test_prefix_fields_are_checked_on_the_wire():
+    frame = np.zeros((8, 8, 3), np.uint8)
+    prefix = np.zeros((10, 25), np.float32)
+    base = {"v": 1, "type": "predict", "frame": frame}
+    assert validate_request(base | {"prefix": prefix, "delay": 3, "chunking": "prefix", "beta": 2.0})
+    bad = [
+        ({"prefix": prefix.astype(np.float64)}, "float32"),
+        ({"prefix": np.zeros((10, 24), np.float32)}, "shape"),
+        ({"prefix": np.zeros((0, 25), np.float32)}, "shape"),
+        ({"prefix": np.full((2, 25), np.inf, np.float32)}, "finite"),
+        ({"prefix": prefix, "delay": 11}, "delay"),
+        ({"prefix": prefix, "delay": True}, "delay"),
+        ({"prefix": prefix, "chunking": "nope"}, "chunking"),
+        ({"prefix": prefix, "beta": float("nan")}, "beta"),
+        ({"delay": 2}, "need a 'prefix'"),
+    ]
+    for fields, message in bad:
+        with pytest.raises(ProtocolError, match=message):
+            validate_request(base | fields)

@@ -890,3 +890,49 @@ def test_one_hostile_client_cannot_grow_the_server_by_a_gigabyte(child_server, g
     assert peak_kb - idle_kb < 1024 * 1024, f"idle {idle_kb} kB, peak {peak_kb} kB"
     hostile.close()
     good.close()
+
+
+def test_an_rtc_request_equals_the_local_session_and_batches_with_plain_ones(engine, golden, golden_dir):
+    z = golden["released_layout"]
+    prefix = np.random.default_rng(9).random((14, 25)).astype(np.float32)
+    local = InferenceSession.from_checkpoint(golden_dir / "released_layout.pt", device="cpu")
+    want_rtc = local.predict(z["image_0"], noise=z["noise_0"], prefix=prefix, delay=4, chunking="rtc", beta=5.0)
+    local.reset()
+    want_plain = local.predict(z["image_1"], noise=z["noise_1"])
+    requests = {
+        "rtc": {"frame": z["image_0"], "noise": z["noise_0"], "prefix": prefix, "delay": 4, "chunking": "rtc"},
+        "plain": {"frame": z["image_1"], "noise": z["noise_1"]},
+    }
+    replies: dict[str, dict] = {}
+    barrier = threading.Barrier(2)
+    with InferenceServer(engine, ServerConfig(port=0, batch_wait_ms=200, max_batch=8)) as srv:
+        with ModelClient(srv.address, timeout_s=20) as client:
+            assert client.spec.supports_rtc
+            remote = client.predict(z["image_0"], noise=z["noise_0"], prefix=prefix, delay=4, chunking="rtc")
+        np.testing.assert_allclose(remote.action_tensor, want_rtc.action_tensor, atol=1e-5)
+
+        def run(name: str) -> None:
+            sock = _socket(zmq.Context.instance(), srv.address)
+            barrier.wait()
+            replies[name] = _request(sock, {"v": 1, "type": "predict", "id": name, **requests[name]})
+            sock.close()
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in requests]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert max(r["batch_size"] for r in replies.values()) > 1, "the RTC and plain requests were never batched"
+    np.testing.assert_allclose(replies["rtc"]["pred"]["action_tensor"], want_rtc.action_tensor, atol=1e-5)
+    np.testing.assert_array_equal(replies["rtc"]["pred"]["action_tensor"][:4], prefix[:4])
+    np.testing.assert_allclose(replies["plain"]["pred"]["action_tensor"], want_plain.action_tensor, atol=1e-5)
+
+
+def test_a_bad_prefix_gets_an_error_reply(server, golden):
+    z = golden["released_layout"]
+    with ModelClient(server.address, timeout_s=20) as client:
+        with pytest.raises(ServerError, match="prefix must have shape"):
+            client.predict(z["image_0"], prefix=np.zeros((30, 25), np.float32))
+        with pytest.raises(ServerError, match="delay"):
+            client.predict(z["image_0"], prefix=np.zeros((5, 25), np.float32), delay=6)
+        assert client.predict(z["image_0"]).action_tensor.shape == (18, 25)
