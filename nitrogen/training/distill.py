@@ -77,7 +77,7 @@ from ..model.card import file_sha256
 from ..model.checkpoint import RawCheckpoint, model_from_checkpoint, read_checkpoint
 from ..model.configuration import DISTILLATION_KEY, CheckpointConfig
 from ..model.modeling import Conditioning, NitroGenModel
-from .config import FinetuneConfig, load_config, with_overrides
+from .config import FinetuneConfig, load_config, parse_overrides
 from .evaluation import batch_condition, spread_indices, window_games
 from .order import eval_noise
 from .trainer import Trainer, _save_tensors
@@ -113,6 +113,9 @@ DISTILL_DEFAULTS: dict[str, Any] = {
 """Fine-tuning defaults of a distillation run (``--config``/``--set`` override them): the denoiser
 changes, so the vision tower and the mixer are frozen; dropout is off, since the targets are the
 teacher's deterministic outputs."""
+
+WARMUP_STEPS = 50
+"""Linear warmup of a distillation run (at most a tenth of ``max_steps``) unless set."""
 
 LABEL_SALT = 23
 """Mixed into the seed of the training noise, so it never equals the eval noise."""
@@ -171,15 +174,19 @@ def distill_finetune_config(
     config: FinetuneConfig | str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()
 ) -> FinetuneConfig:
     """The fine-tuning config of a distillation run: :data:`DISTILL_DEFAULTS`, then ``config``'s
-    own fields (a :class:`FinetuneConfig` or a YAML/JSON file), then ``key=value`` overrides."""
+    own fields (a :class:`FinetuneConfig` or a YAML/JSON file), then ``key=value`` overrides; the
+    warmup is :data:`WARMUP_STEPS` (at most a tenth of ``max_steps``) unless one of them sets it."""
+    given: dict[str, Any] = {}
     if isinstance(config, FinetuneConfig):
-        base = FinetuneConfig.model_validate(DISTILL_DEFAULTS | config.model_dump(exclude_unset=True))
+        given = config.model_dump(exclude_unset=True)
     elif config is not None:
-        given = load_config(config)
-        base = FinetuneConfig.model_validate(DISTILL_DEFAULTS | given.model_dump(exclude_unset=True))
-    else:
-        base = FinetuneConfig.model_validate(DISTILL_DEFAULTS)
-    return with_overrides(base, list(overrides))
+        given = load_config(config).model_dump(exclude_unset=True)
+    fields = DISTILL_DEFAULTS | given | parse_overrides(list(overrides))
+    if "warmup_steps" not in fields:
+        # The student starts at the teacher, close to its targets: a warmup keeps Adam's first,
+        # full-size steps from throwing it away.
+        fields["warmup_steps"] = min(WARMUP_STEPS, int(fields["max_steps"]) // 10)
+    return FinetuneConfig.model_validate(fields)
 
 
 # ------------------------------------------------------------------------------------ teacher
@@ -486,7 +493,10 @@ def distill(
             "data": list(data),
         }
         student_raw = RawCheckpoint(
-            config=student_config(raw.config, k, provenance), state_dict={}, game_mapping=raw.game_mapping, path=raw.path
+            config=student_config(raw.config, k, provenance),
+            state_dict={},
+            game_mapping=raw.game_mapping,
+            path=raw.path,
         )
         done = stage_dir / "model.pt"
         if not last and done.is_file() and resume:
@@ -514,12 +524,18 @@ def distill(
         agreement = None
         if eval_set is not None:
             # The agreement is always with the original N-step teacher, whatever the stage.
-            eval_key = _key({"teacher_sha256": teacher_sha, "label_steps": label_steps, "rows": len(eval_set), "seed": cfg.seed})
+            eval_key = _key(
+                {"teacher_sha256": teacher_sha, "label_steps": label_steps, "rows": len(eval_set), "seed": cfg.seed}
+            )
             origin = stage_teacher if current is raw else model_from_checkpoint(_cloned(raw)).eval()
             agreement = TeacherAgreement(
                 eval_set,
                 label_agreement(
-                    origin, eval_set, out / "labels" / f"eval-{eval_key}", label_steps=label_steps, seed=cfg.seed,
+                    origin,
+                    eval_set,
+                    out / "labels" / f"eval-{eval_key}",
+                    label_steps=label_steps,
+                    seed=cfg.seed,
                     batch=options.label_batch,
                 ),
             )
@@ -550,4 +566,3 @@ def _cloned(raw: RawCheckpoint) -> RawCheckpoint:
         game_mapping=raw.game_mapping,
         path=raw.path,
     )
-
