@@ -526,6 +526,9 @@ def distill_command(
         Path | None, typer.Option(help="Read image cells that hold only a relative path from this folder.")
     ] = None,
     skip_bad: Annotated[bool, typer.Option(help="Warn about corrupt rows and skip them instead of stopping.")] = False,
+    labels: Annotated[
+        Path | None, typer.Option(help="Teacher-label cache, shareable between runs (default: OUT/labels).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's labels and checkpoints.")] = False,
 ) -> None:
     """Distil a checkpoint into a few-step student in the same format (reflow or progressive)."""
@@ -564,7 +567,15 @@ def distill_command(
     )
     try:
         summary = distill(
-            prep.checkpoint, prep.train, prep.eval, out, options=options, config=prep.config, resume=resume, data=data
+            prep.checkpoint,
+            prep.train,
+            prep.eval,
+            out,
+            options=options,
+            config=prep.config,
+            resume=resume,
+            data=data,
+            label_dir=labels,
         )
     except CorruptRowError as exc:
         _fail(exc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 
 from ..actions import ACTION_DIM, BUTTONS, layout_description
 from ..model.checkpoint import RawCheckpoint, load_model
-from ..model.modeling import NitroGenModel, Schedule
+from ..model.modeling import Conditioning, NitroGenModel, Schedule
 from .cpu_kernels import pack_linears, packing_available
 from .history import FrameHistory
 from .preprocessing import as_rgb_frame, resize_frame, to_pixels
@@ -156,6 +156,8 @@ class PolicyEngine:
             raise ValueError(f"num_steps must be in 1..{mcfg.num_timestep_buckets}, got {self.num_steps}")
         self._schedule: Schedule | None = None
         self.packed_layers = self._pack(pack_weights)
+        self.fast_sample: Callable[[Conditioning, torch.Tensor], torch.Tensor] | None = None
+        """A faster ``(cond, noise) -> actions`` for batches without guidance (see :mod:`.compiled`)."""
 
     @classmethod
     def from_checkpoint(
@@ -319,7 +321,10 @@ class PolicyEngine:
         noise = torch.stack([r.noise for r in requests]).to(self.device)
         scales = torch.tensor([requests[i].cfg_scale for i in guided], dtype=torch.float32, device=self.device)
         index = torch.tensor(guided, dtype=torch.long, device=self.device) if guided else None
-        actions = model.sample(cond, noise, self.num_steps, uncond, scales, self.schedule(), guided=index)
+        if uncond is None and self.fast_sample is not None:
+            actions = self.fast_sample(cond, noise)
+        else:
+            actions = model.sample(cond, noise, self.num_steps, uncond, scales, self.schedule(), guided=index)
         return actions.float().cpu().numpy()
 
     def predict_batch(self, requests: Sequence[FrameRequest]) -> BatchPrediction:

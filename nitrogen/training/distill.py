@@ -218,7 +218,7 @@ def window_noise(indices: Sequence[int], draw: int, shape: tuple[int, int], seed
     return torch.stack(out)
 
 
-def grid_targets(
+def teacher_targets(
     model: NitroGenModel,
     cond: Conditioning,
     noise: Tensor,
@@ -226,26 +226,34 @@ def grid_targets(
     method: Method,
     label_steps: int,
     steps: int,
-) -> tuple[Tensor, Tensor]:
-    """Regression targets at the student's grid: states ``x (B, K, H, A)`` and velocities ``v``.
-
-    ``reflow``: on the straight path from ``noise`` to the ``label_steps``-step chunk ``a``,
-    ``x_i = (1 - i/K) noise + (i/K) a`` and ``v_i = a - noise``. ``progressive`` (``label_steps = 2K``):
-    ``x_i`` is the teacher's state ``s_{2i}`` and ``v_i = (s_{2i+2} - s_{2i}) K``.
-    """
+) -> dict[str, Tensor]:
+    """What a teacher pass labels: ``reflow``, the ``label_steps``-step chunk ``chunk (B, H, A)``
+    and its ``noise``; ``progressive`` (``label_steps = 2K``), the grid states ``x (B, K, H, A)``
+    ``x_i = s_{2i}`` and velocities ``v_i = (s_{2i+2} - s_{2i}) K`` of the teacher's states ``s``."""
     eps = noise.float()
     if method == "reflow":
-        a = model.sample(cond, eps, label_steps).float()
-        t = torch.arange(steps, dtype=torch.float32, device=eps.device) / steps  # (K,)
-        x = (1 - t)[None, :, None, None] * eps[:, None] + t[None, :, None, None] * a[:, None]
-        v = (a - eps)[:, None].expand_as(x)
-        return x, v.contiguous()
+        return {"noise": eps, "chunk": model.sample(cond, eps, label_steps).float()}
     if label_steps != 2 * steps:
         raise ValueError(f"a progressive stage labels with 2 x {steps} steps, not {label_steps}")
     s = euler_states(model, cond, eps, label_steps)
     x = torch.stack([s[2 * i] for i in range(steps)], dim=1)
     v = torch.stack([(s[2 * i + 2] - s[2 * i]) * steps for i in range(steps)], dim=1)
-    return x, v
+    return {"x": x, "v": v}
+
+
+def grid_targets(labels: dict[str, Tensor], steps: int) -> tuple[Tensor, Tensor]:
+    """States ``x (..., K, H, A)`` and velocities ``v`` at the student's grid ``t_i = i/K`` from labels.
+
+    Reflow: on the straight path from the noise to the chunk, ``x_i = (1 - t_i) noise + t_i chunk``
+    and ``v_i = chunk - noise``; one reflow labelling thus serves every ``K``. Progressive labels
+    are grid targets already.
+    """
+    if "x" in labels:
+        return labels["x"], labels["v"]
+    eps, a = labels["noise"], labels["chunk"]
+    t = (torch.arange(steps, dtype=torch.float32) / steps).view(steps, 1, 1)  # (K, 1, 1)
+    x = (1 - t) * eps.unsqueeze(-3) + t * a.unsqueeze(-3)
+    return x, (a - eps).unsqueeze(-3).expand_as(x).contiguous()
 
 
 def _loader(frames: Dataset, rows: Sequence[int], batch: int) -> DataLoader:
@@ -264,7 +272,8 @@ def label_windows(
     seed: int,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Teacher targets ``x, v (N, M, K, H, A)`` of every window of ``frames`` and noise draw ``m``.
+    """Teacher targets ``x, v (N, M, K, H, A)`` of every window of ``frames`` and noise draw ``m``
+    (:func:`teacher_targets`, then :func:`grid_targets`).
 
     Written in shards of :attr:`DistillConfig.shard_frames` windows under ``cache``; a shard that is
     already there is read back, not recomputed.
@@ -273,7 +282,7 @@ def label_windows(
     n = len(frames)
     mcfg = teacher.config.model_cfg
     shape = (mcfg.action_horizon, mcfg.action_dim)
-    xs, vs = [], []
+    parts: list[dict[str, Tensor]] = []
     bar = tqdm(total=n, disable=not progress, desc=f"teacher labels ({label_steps} steps)", dynamic_ncols=True)
     for lo in range(0, n, options.shard_frames):
         rows = list(range(lo, min(n, lo + options.shard_frames)))
@@ -281,27 +290,28 @@ def label_windows(
         if path.is_file():
             part = load_file(path)
         else:
-            px, pv = [], []
+            pieces: list[dict[str, Tensor]] = []
             for batch in _loader(frames, rows, options.label_batch):
                 cond = batch_condition(teacher, batch)
                 index = batch["_row"].tolist()
-                bx, bv = [], []
-                for m in range(options.noises_per_frame):
-                    noise = window_noise(index, m, shape, seed)
-                    x, v = grid_targets(
-                        teacher, cond, noise, method=options.method, label_steps=label_steps, steps=steps
+                draws = [
+                    teacher_targets(
+                        teacher,
+                        cond,
+                        window_noise(index, m, shape, seed),
+                        method=options.method,
+                        label_steps=label_steps,
+                        steps=steps,
                     )
-                    bx.append(x)
-                    bv.append(v)
-                px.append(torch.stack(bx, dim=1))  # (B, M, K, H, A)
-                pv.append(torch.stack(bv, dim=1))
-            part = {"x": torch.cat(px), "v": torch.cat(pv)}
+                    for m in range(options.noises_per_frame)
+                ]
+                pieces.append({k: torch.stack([d[k] for d in draws], dim=1) for k in draws[0]})  # (B, M, ...)
+            part = {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
             _save_tensors(part, path)
-        xs.append(part["x"])
-        vs.append(part["v"])
+        parts.append(part)
         bar.update(len(rows))
     bar.close()
-    return torch.cat(xs), torch.cat(vs)
+    return grid_targets({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, steps)
 
 
 @torch.no_grad()
@@ -434,6 +444,7 @@ def distill(
     config: FinetuneConfig | None = None,
     resume: bool = False,
     data: Sequence[str] = (),
+    label_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Distil ``teacher`` into an ``options.steps``-step student written to ``out_dir/model.pt``.
 
@@ -441,11 +452,13 @@ def distill(
     ``train``/``eval``); only their frames are read. ``config`` is the fine-tuning config (default:
     :func:`distill_finetune_config`); its ``max_steps`` applies to each stage. With ``resume`` every
     stage continues from its latest checkpoint, and finished stages are skipped. ``data`` names the
-    sources for the provenance record. Returns a summary with each stage's trainer summary and ``paths``.
+    sources for the provenance record. ``label_dir`` holds the teacher-label cache (default
+    ``out_dir/labels``); runs may share one, since every entry is keyed by what made it. Returns a summary with each stage's trainer summary and ``paths``.
     """
     cfg = config if config is not None else distill_finetune_config()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    labels_root = Path(label_dir) if label_dir is not None else out / "labels"
     raw = teacher if isinstance(teacher, RawCheckpoint) else read_checkpoint(teacher)
     teacher_path = str(raw.path) if raw.path else None
     teacher_sha = file_sha256(raw.path) if raw.path else None
@@ -509,13 +522,13 @@ def distill(
                 "teacher_sha256": current_sha,
                 "method": options.method,
                 "label_steps": n_label,
-                "steps": k,
+                "steps": k if options.method == "progressive" else None,  # reflow labels serve every K
                 "noises": options.noises_per_frame,
                 "rows": len(train_set),
                 "seed": cfg.seed,
             }
         )
-        cache = out / "labels" / key
+        cache = labels_root / key
         stage_teacher = model_from_checkpoint(_cloned(current))
         stage_teacher.eval()
         x, v = label_windows(
@@ -533,7 +546,7 @@ def distill(
                 label_agreement(
                     origin,
                     eval_set,
-                    out / "labels" / f"eval-{eval_key}",
+                    labels_root / f"eval-{eval_key}",
                     label_steps=label_steps,
                     seed=cfg.seed,
                     batch=options.label_batch,

@@ -27,6 +27,7 @@ from nitrogen.training.distill import (
     distill_finetune_config,
     euler_states,
     grid_targets,
+    teacher_targets,
 )
 from nitrogen.training.state import latest_step
 
@@ -79,7 +80,8 @@ def test_targets_are_flow_matching_samples_on_the_student_grid(tiny_ckpt: Path) 
     cond = _cond(model, 2)
     noise = torch.randn(2, 18, 25, generator=torch.Generator().manual_seed(2))
     for method, label_steps in (("reflow", 4), ("progressive", 4)):
-        x, v = grid_targets(model, cond, noise, method=method, label_steps=label_steps, steps=2)
+        labels = teacher_targets(model, cond, noise, method=method, label_steps=label_steps, steps=2)
+        x, v = grid_targets(labels, 2)
         assert x.shape == v.shape == (2, 2, 18, 25)
         if method == "reflow":  # a straight path: the end of it is the 4-step chunk
             torch.testing.assert_close(x[:, 0] + v[:, 0], model.sample(cond, noise, 4), rtol=0, atol=1e-5)
