@@ -212,6 +212,13 @@ def serve(
         typer.Option(help="Most client sessions kept; an idle one may go, an active one never: newcomers are refused."),
     ] = 256,
     session_ttl_s: Annotated[float, typer.Option(help="Idle seconds before a client session expires.")] = 600.0,
+    fast: Annotated[
+        str,
+        typer.Option(
+            help="off; graphs: the denoising loop as a CUDA graph per batch bucket (GPU); "
+            "compile: torch.compile of the denoiser and tower (slow to start)."
+        ),
+    ] = "off",
 ) -> None:
     """Serve a checkpoint to game machines over ZeroMQ (msgpack protocol, per-client sessions, batching)."""
     import logging
@@ -244,6 +251,10 @@ def serve(
         _fail(ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())))
     try:
         engine = PolicyEngine.from_checkpoint(checkpoint, device=device, dtype=dtype, num_steps=steps)
+        if fast != "off":
+            from .inference.compiled import accelerate_engine
+
+            accelerate_engine(engine, fast)  # type: ignore[arg-type]
         server = InferenceServer(engine, config).start()
     except (NitrogenError, ValueError, OSError) as exc:
         _fail(exc)
