@@ -87,6 +87,7 @@ def test_engine_fast_path_gives_the_same_actions(tiny_ckpt: Path) -> None:
         accelerate_engine(engine, "turbo")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # inductor compiles two graphs: tens of seconds on 2 cores
 @torch.no_grad()
 def test_compiled_denoiser_and_tower_match_eager(tiny_ckpt: Path) -> None:
     torch._dynamo.reset()
