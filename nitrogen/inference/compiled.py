@@ -6,8 +6,8 @@ fixed-shape denoising loop captured as a CUDA graph per batch-size bucket.
   tower) for ``torch.compile``'d versions (inductor). ``sample()`` is untouched: it calls
   ``self.velocity``, which now resolves to the compiled one. :func:`uncompile_model` undoes it.
   On CPU the library's eager path already runs the DiT's matmuls on oneDNN pre-packed weights
-  (:mod:`.cpu_kernels`); what compiling gains on top of that is measured in ``docs/BENCHMARKS.md``
-  (issue 23), and compiling takes tens of seconds per shape, so it is opt-in.
+  (:mod:`.cpu_kernels`); what compiling gains on top of that was not measured yet (see
+  ``docs/BENCHMARKS.md``, issue 23), and compiling takes tens of seconds per shape, so it is opt-in.
 * :class:`GraphedSampler` is the GPU path: the whole ``K``-step loop of a batch of ``B`` chunks has
   fixed shapes, so it is captured once into a ``torch.cuda.CUDAGraph`` and replayed, which removes
   the per-kernel launch cost that dominates a 1-18 row DiT step on a GPU. Shapes must be static, so
