@@ -82,6 +82,8 @@ class RowSpec:
     autocast: bool
     cfg_scale: float
     packed: bool = False
+    steps: int | None = None  # Euler steps of this row (None: --steps)
+    compiled: bool = False  # torch.compile'd denoiser and tower (nitrogen.inference.compiled)
 
     @property
     def precision(self) -> str:
@@ -89,10 +91,18 @@ class RowSpec:
             f"{self.weights} weights"
             + (" + bf16 autocast" if self.autocast else "")
             + (", packed" if self.packed else (", unpacked" if self.path == "nitrogen" else ""))
+            + (", torch.compile" if self.compiled else "")
         )
 
     @property
+    def model_key(self) -> str:
+        """Which model instance the row runs on: compiling changes an instance, so it gets its own."""
+        return f"{self.weights}-compiled" if self.compiled else self.weights
+
+    @property
     def label(self) -> str:
+        if self.steps is not None:
+            return f"{self.path} {self.steps} steps"
         if self.cfg_scale == 1.0:
             return self.path
         return f"{self.path} CFG {self.cfg_scale:g} ({'two-pass' if self.path == 'reference' else 'batched'})"
@@ -109,6 +119,16 @@ ROWS: tuple[RowSpec, ...] = (
 )
 BASELINE_KEY = "1"
 HEADLINE_KEY = "3"
+
+
+def sweep_rows(steps: Sequence[int], compiled: bool) -> list[RowSpec]:
+    """The step sweep (issue 23): the headline row at each step count, and its compiled twin."""
+    rows = [RowSpec(f"3@{k}", "nitrogen", "bf16", autocast=False, cfg_scale=1.0, packed=True, steps=k) for k in steps]
+    if compiled:
+        rows += [
+            RowSpec(f"3c@{k}", "nitrogen", "bf16", autocast=False, cfg_scale=1.0, steps=k, compiled=True) for k in steps
+        ]
+    return rows
 
 
 def select_rows(spec: str | None) -> list[RowSpec]:
@@ -330,9 +350,9 @@ def bench_rows(
         pixels = (torch.rand(1, 3, size, size, generator=gen) * 2 - 1).to(device)
         noise = torch.randn(1, H, A, generator=gen).to(device)
         for spec in specs:
-            model = models[spec.weights]
+            model = models[spec.model_key]
             set_packing(model, spec.packed, device)
-            total, sections = run_chunk(model, spec, pixels, noise, num_steps, device)
+            total, sections = run_chunk(model, spec, pixels, noise, spec.steps or num_steps, device)
             if rep == 0:
                 continue
             results[spec.key].totals_ms.append(total * 1e3)
@@ -368,7 +388,7 @@ def format_table(results: Sequence[RowResult], num_steps: int) -> str:
     )
     lines = [header, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in results:
-        per_step = (r.median("context") + r.median("dit")) / num_steps
+        per_step = (r.median("context") + r.median("dit")) / (r.spec.steps or num_steps)
         speedup = f"{baseline.median() / r.median():.1f}x" if baseline is not None else "n/a"
         lines.append(
             f"| {r.spec.key} | {r.spec.label} | {r.spec.precision} | {r.median():.0f} | {r.p90:.0f} | {r.min:.0f} "
@@ -396,8 +416,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--rows", default=None, help="rows to run, e.g. 1,3,5 (5 = 5a and 5b); default all")
+    parser.add_argument(
+        "--sweep", default=None, help="also time the headline row at these step counts, e.g. 16,4,2,1 (issue 23)"
+    )
+    parser.add_argument("--compiled", action="store_true", help="with --sweep: also torch.compile'd twins")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    args.sweep = [int(k) for k in args.sweep.split(",") if k.strip()] if args.sweep else []
+    if any(k < 1 for k in args.sweep):
+        parser.error("--sweep step counts must be >= 1")
     if args.repeats is None:
         args.repeats = 2 if args.tiny else 5
     if args.repeats < 1 or args.steps < 1:
@@ -426,7 +453,7 @@ def build_bench_model(tiny: bool, ckpt: Path | None, device: torch.device) -> tu
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    rows = select_rows(args.rows)
+    rows = select_rows(args.rows) + sweep_rows(args.sweep, args.compiled)
 
     info = machine_info(device)
     print("## NitroGen inference benchmark\n")
@@ -455,10 +482,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for weights in ("fp32", "bf16"):
         if any(r.weights == weights for r in rows):
             models[weights] = model if weights == "fp32" else copy.deepcopy(model).to(torch.bfloat16)
+    for r in rows:
+        if r.compiled and r.model_key not in models:
+            from nitrogen.inference.compiled import compile_model
+
+            twin = copy.deepcopy(model).to(torch.bfloat16 if r.weights == "bf16" else torch.float32)
+            models[r.model_key] = compile_model(twin)  # compiled on its first chunk (the warm-up)
     if not any(r.weights == "fp32" for r in rows):
         del model
+    t_bench = time.perf_counter()
     results = bench_rows(models, rows, args.repeats, args.steps, device)
-    ordered = [results[r.key] for r in ROWS if r.key in results]
+    ordered = [results[r.key] for r in [*ROWS, *sweep_rows(args.sweep, args.compiled)] if r.key in results]
+    print(f"\nrows timed in {time.perf_counter() - t_bench:.0f} s (compiling, if any, happens in the warm-up)")
 
     print()
     print(format_table(ordered, args.steps))
@@ -499,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "vision_ms": r.median("vision"),
                     "context_ms": r.median("context"),
                     "dit_ms": r.median("dit"),
-                    "per_step_ms": (r.median("context") + r.median("dit")) / args.steps,
+                    "per_step_ms": (r.median("context") + r.median("dit")) / (r.spec.steps or args.steps),
                     "speedup_vs_1": results[BASELINE_KEY].median() / r.median() if BASELINE_KEY in results else None,
                     "totals_ms": r.totals_ms,
                     "sections_ms": dict(r.sections_ms),

@@ -93,16 +93,19 @@ BATCHING_TARGET_CLIENTS = 8
 # ------------------------------------------------------------------------------------ models
 
 
-def load_engine(name: ModelName) -> tuple[PolicyEngine, str]:
-    """The engine for a benchmark model, and a one-line description of it."""
+def load_engine(name: ModelName, num_steps: int | None = None) -> tuple[PolicyEngine, str]:
+    """The engine for a benchmark model, and a one-line description of it (``num_steps``: Euler
+    steps, default the checkpoint's; e.g. a distilled student's count, issue 23)."""
     t0 = time.perf_counter()
     if name == "tiny":
-        engine = PolicyEngine.from_checkpoint(TINY_CHECKPOINT, device="cpu")
+        engine = PolicyEngine.from_checkpoint(TINY_CHECKPOINT, device="cpu", num_steps=num_steps)
         what = f"tiny golden model ({TINY_CHECKPOINT.name})"
     else:
         torch.manual_seed(0)
         model = build_model(CheckpointConfig()).eval().to(torch.bfloat16)
-        engine = PolicyEngine(model, RawCheckpoint(CheckpointConfig(), {}, None), device=torch.device("cpu"))
+        engine = PolicyEngine(
+            model, RawCheckpoint(CheckpointConfig(), {}, None), device=torch.device("cpu"), num_steps=num_steps
+        )
         what = "released config, random weights"
     params = sum(p.numel() for p in engine.model.parameters())
     desc = (
@@ -432,6 +435,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="batching window (default 2 ms)")
     parser.add_argument("--overhead-requests", type=int, default=50, help="predicts for the overhead table (50)")
     parser.add_argument("--pings", type=int, default=200, help="pings for the overhead table (default 200)")
+    parser.add_argument("--steps", type=int, default=None, help="Euler steps (default: the checkpoint's, 16)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny only, clients 1,8, 5 requests")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -467,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models: dict[str, str] = {}
     overhead: OverheadResult | None = None
     for name in args.models:
-        engine, desc = load_engine(name)
+        engine, desc = load_engine(name, args.steps)
         models[name] = desc
         clients = args.clients or list(DEFAULT_CLIENTS[name])
         requests = args.requests or DEFAULT_REQUESTS[name]

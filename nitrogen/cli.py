@@ -74,6 +74,7 @@ def info(
         "game_mapping": raw.game_mapping,
         "action_layout": layout_description(),
         "ckpt_config": raw.config.to_dict(),
+        "distillation": raw.config.distillation(),
     }
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
@@ -111,6 +112,13 @@ def info(
     summary.add_row(
         "sampling", f"{mcfg.num_inference_timesteps} Euler steps, {mcfg.num_timestep_buckets} timestep buckets"
     )
+    if (record := raw.config.distillation()) is not None:
+        summary.add_row(
+            "distilled",
+            f"{record.get('method')} distillation to {record.get('steps')} steps from "
+            f"{record.get('teacher')} (sha256 {str(record.get('teacher_sha256'))[:12]}..., "
+            f"{record.get('teacher_steps')} steps)",
+        )
     summary.add_row(
         "training time", f"t = (1 - Beta({mcfg.noise_beta_alpha}, {mcfg.noise_beta_beta})) * {mcfg.noise_s}"
     )
@@ -223,6 +231,13 @@ def serve(
     ] = 256,
     session_ttl_s: Annotated[float, typer.Option(help="Idle seconds before a client session expires.")] = 600.0,
     button_order: Annotated[str, typer.Option(help=BUTTON_ORDER_HELP)] = "alphabetical",
+    fast: Annotated[
+        str,
+        typer.Option(
+            help="off; graphs: the denoising loop as a CUDA graph per batch bucket (GPU); "
+            "compile: torch.compile of the denoiser and tower (slow to start)."
+        ),
+    ] = "off",
 ) -> None:
     """Serve a checkpoint to game machines over ZeroMQ (msgpack protocol, per-client sessions, batching)."""
     import logging
@@ -257,6 +272,10 @@ def serve(
         engine = PolicyEngine.from_checkpoint(
             checkpoint, device=device, dtype=dtype, num_steps=steps, button_order=button_order
         )
+        if fast != "off":
+            from .inference.compiled import accelerate_engine
+
+            accelerate_engine(engine, fast)  # type: ignore[arg-type]
         server = InferenceServer(engine, config).start()
     except (NitrogenError, ValueError, OSError) as exc:
         _fail(exc)
@@ -557,6 +576,90 @@ def finetune(
             raise
         _fail(ValueError(last.split(marker, 1)[1]))
     console.print(f"done at step {summary.get('step')}: {summary.get('paths')}")
+
+
+@app.command("distill")
+def distill_command(
+    data: Annotated[
+        list[str], typer.Option(help="Frames to distil on: any dataset `finetune` reads; repeat for several.")
+    ],
+    teacher: Annotated[str, typer.Option(help="The teacher checkpoint (e.g. the released ng.pt).")],
+    steps: Annotated[int, typer.Option(help="Euler steps of the student (its num_inference_timesteps).", min=1)],
+    out: Annotated[Path, typer.Option(help="Run folder: labels, checkpoints, metrics, curves, model.pt.")],
+    method: Annotated[str, typer.Option(help="reflow (one stage) or progressive (halving stages).")] = "reflow",
+    teacher_steps: Annotated[
+        int | None, typer.Option(help="Steps of the teacher's labels (default: the teacher's own).", min=1)
+    ] = None,
+    noises_per_frame: Annotated[int, typer.Option(help="Teacher chunks per frame, each from its own noise.")] = 2,
+    max_frames: Annotated[int, typer.Option(help="Training windows labelled, spread evenly (0: all).", min=0)] = 4096,
+    eval_frames: Annotated[int, typer.Option(help="Held-out windows for the agreement eval (0: none).", min=0)] = 256,
+    config: Annotated[Path | None, typer.Option(help="YAML or JSON with FinetuneConfig fields.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a fine-tuning config field, key=value (repeatable).")
+    ] = None,
+    mapping: Annotated[
+        str | None, typer.Option(help="Column mapping: a preset (xbox, nes, snes, genesis, atari) or a file.")
+    ] = None,
+    eval_fraction: Annotated[float, typer.Option(help="Share of episodes held out for the agreement eval.")] = 0.1,
+    cache_dir: Annotated[Path | None, typer.Option(help="Keep decoded frames here for later runs.")] = None,
+    image_root: Annotated[
+        Path | None, typer.Option(help="Read image cells that hold only a relative path from this folder.")
+    ] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Warn about corrupt rows and skip them instead of stopping.")] = False,
+    labels: Annotated[
+        Path | None, typer.Option(help="Teacher-label cache, shareable between runs (default: OUT/labels).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's labels and checkpoints.")] = False,
+) -> None:
+    """Distil a checkpoint into a few-step student in the same format (reflow or progressive)."""
+    from pydantic import ValidationError
+
+    from .data.schema import CorruptRowError
+    from .training.distill import DistillConfig, distill, distill_finetune_config
+    from .training.run import prepare_finetune
+
+    try:
+        options = DistillConfig(
+            method=method,
+            steps=steps,
+            teacher_steps=teacher_steps,
+            noises_per_frame=noises_per_frame,
+            max_frames=max_frames or None,
+            eval_frames=eval_frames,
+        )
+        cfg = distill_finetune_config(config, set_ or [])
+        prep = prepare_finetune(
+            data,
+            teacher,
+            config=cfg,
+            mapping=mapping,
+            eval_fraction=eval_fraction,
+            skip_bad=skip_bad,
+            cache_dir=cache_dir,
+            image_root=image_root,
+        )
+        options.check_steps(options.teacher_steps or prep.checkpoint.config.model_cfg.num_inference_timesteps)
+    except (NitrogenError, CorruptRowError, ValidationError, ValueError, OSError, KeyError) as exc:
+        _fail(exc)
+    console.print(
+        f"{len(prep.train_indices)} train / {len(prep.eval_indices)} eval windows from {', '.join(data)}; "
+        f"{options.method} distillation of {teacher} to {steps} steps, {cfg.max_steps} steps per stage -> {out}"
+    )
+    try:
+        summary = distill(
+            prep.checkpoint,
+            prep.train,
+            prep.eval,
+            out,
+            options=options,
+            config=prep.config,
+            resume=resume,
+            data=data,
+            label_dir=labels,
+        )
+    except CorruptRowError as exc:
+        _fail(exc)
+    console.print(f"done: {summary['model']} samples with {steps} steps by default")
 
 
 @app.command("record")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import torch
 from ..actions import ACTION_DIM, BUTTONS, DEFAULT_BUTTON_ORDER, layout_description
 from ..gamepad import check_button_order, reorder_buttons
 from ..model.checkpoint import RawCheckpoint, load_model
-from ..model.modeling import RTC_BETA, NitroGenModel, PrefixGuide, Schedule
+from ..model.modeling import RTC_BETA, Conditioning, NitroGenModel, PrefixGuide, Schedule
 from .cpu_kernels import pack_linears, packing_available
 from .history import FrameHistory
 from .preprocessing import as_rgb_frame, resize_frame, to_pixels
@@ -196,6 +196,8 @@ class PolicyEngine:
             raise ValueError(f"num_steps must be in 1..{mcfg.num_timestep_buckets}, got {self.num_steps}")
         self._schedule: Schedule | None = None
         self.packed_layers = self._pack(pack_weights)
+        self.fast_sample: Callable[[Conditioning, torch.Tensor], torch.Tensor] | None = None
+        """A faster ``(cond, noise) -> actions`` for batches without guidance (see :mod:`.compiled`)."""
 
     @classmethod
     def from_checkpoint(
@@ -401,16 +403,13 @@ class PolicyEngine:
         noise = torch.stack([r.noise for r in requests]).to(self.device)
         scales = torch.tensor([requests[i].cfg_scale for i in guided], dtype=torch.float32, device=self.device)
         index = torch.tensor(guided, dtype=torch.long, device=self.device) if guided else None
-        actions = model.sample(
-            cond,
-            noise,
-            self.num_steps,
-            uncond,
-            scales,
-            self.schedule(),
-            guided=index,
-            prefix=self.prefix_guide(requests),
-        )
+        prefix = self.prefix_guide(requests)
+        if uncond is None and prefix is None and self.fast_sample is not None:
+            actions = self.fast_sample(cond, noise)  # a compiled or graphed copy of the same sampler
+        else:
+            actions = model.sample(
+                cond, noise, self.num_steps, uncond, scales, self.schedule(), guided=index, prefix=prefix
+            )
         # The model's button dims in its order -> the layout's (identity for the default order).
         return reorder_buttons(actions.float().cpu().numpy(), self.button_order, to="layout")
 
@@ -423,7 +422,8 @@ class PolicyEngine:
         target = torch.zeros(len(rows), H, ACTION_DIM)
         for j, i in enumerate(rows):
             actions = requests[i].prefix.actions
-            target[j, : actions.shape[0]] = actions
+            # The prefix comes in the layout's button order; the model guides in its own.
+            target[j, : actions.shape[0]] = reorder_buttons(actions, self.button_order, to="model")
         prefixes = [requests[i].prefix for i in rows]
         return PrefixGuide(
             rows=torch.tensor(rows, dtype=torch.long, device=dev),

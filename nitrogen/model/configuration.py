@@ -49,6 +49,10 @@ MAX_ADA_NORM_EMBEDS = 1_000_000
 """``num_embeds_ada_norm``, kept for the released format [1000]."""
 
 
+DISTILLATION_KEY = "distillation"
+"""The extra ``ckpt_config`` key of a distilled student's provenance (see :mod:`nitrogen.training.distill`)."""
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
 
@@ -212,3 +216,11 @@ class CheckpointConfig(_Config):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def distillation(self) -> dict[str, Any] | None:
+        """A distilled student's provenance (method, teacher path and sha256, steps), or None.
+
+        It is an extra key of the config, which the released format keeps and other readers ignore.
+        """
+        record = (self.model_extra or {}).get(DISTILLATION_KEY)
+        return record if isinstance(record, dict) else None

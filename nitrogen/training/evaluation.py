@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..model.modeling import NitroGenModel
+from ..model.modeling import Conditioning, NitroGenModel
 from .metrics import action_metrics
 from .order import eval_noise, sample_noise_and_time
 
@@ -21,17 +21,21 @@ def _games(model: NitroGenModel, batch: dict[str, torch.Tensor], B: int) -> list
     return [int(g) for g in ids.tolist()] if ids is not None else [0] * B
 
 
+def batch_condition(model: NitroGenModel, batch: dict[str, torch.Tensor]) -> Conditioning:
+    """The conditioning of a batch in the training format: its valid frames through the tower, one pass."""
+    pixels, valid = batch["pixels"], batch["frame_valid"]
+    B, F = valid.shape
+    counts = valid.sum(dim=1).tolist()
+    feats = model.encode_frames(pixels.reshape(B * F, *pixels.shape[2:])[valid.reshape(-1)])
+    return model.condition(model.vl_tokens(list(torch.split(feats, counts)), _games(model, batch, B)))
+
+
 @torch.no_grad()
 def sample_actions(
     model: NitroGenModel, batch: dict[str, torch.Tensor], noise: torch.Tensor, num_steps: int
 ) -> torch.Tensor:
     """Sampled action chunks ``(B, H, A)`` for a batch, from ``noise`` (no guidance)."""
-    pixels, valid = batch["pixels"], batch["frame_valid"]
-    B, F = valid.shape
-    counts = valid.sum(dim=1).tolist()
-    feats = model.encode_frames(pixels.reshape(B * F, *pixels.shape[2:])[valid.reshape(-1)])
-    cond = model.condition(model.vl_tokens(list(torch.split(feats, counts)), _games(model, batch, B)))
-    return model.sample(cond, noise, num_steps)
+    return model.sample(batch_condition(model, batch), noise, num_steps)
 
 
 def window_games(dataset: Dataset, indices: Sequence[int]) -> list[str | None]:

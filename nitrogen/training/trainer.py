@@ -412,6 +412,8 @@ class Trainer:
                     beta=mcfg.noise_beta_beta,
                     s=mcfg.noise_s,
                 )
+                # Items may bring their own flow noise and time (distillation targets, see .distill).
+                noise, t = batch.get("noise", noise), batch.get("t", t)
                 dev = acc.device
                 with acc.accumulate(wrapper):
                     loss = wrapper(
