@@ -234,3 +234,11 @@ def test_a_session_and_a_batch_agree_on_rtc(engine, frames):
     )
     np.testing.assert_allclose(batch.actions[1], alone.action_tensor, atol=1e-5)
     assert engine.info()["supports_rtc"] is True
+
+
+def test_a_frozen_prefix_comes_back_in_the_layout_order_under_another_button_order(tiny_ckpt, frames):
+    """The loop sends back what it played (layout order); a grouped-order model must not see it permuted."""
+    grouped = PolicyEngine.from_checkpoint(tiny_ckpt, device="cpu", button_order="grouped")
+    prefix = np.random.default_rng(7).random((18, 25)).astype(np.float32)
+    result = grouped.predict_batch([FrameRequest(FrameHistory(1), frames[0], _noise(0), prefix=prefix, delay=18)])
+    np.testing.assert_array_equal(result.actions[0], prefix)
