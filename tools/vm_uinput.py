@@ -45,6 +45,7 @@ mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
 mount -t tmpfs tmp /host/tmp
+{keep}
 echo "VM-BOOTED $(cut -d' ' -f1 /proc/uptime)"
 chroot /host /bin/sh -c 'modprobe uinput && modprobe evdev && cd {repo} && \
   PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={repo} HOME=/tmp {python} tools/vm_uinput_check.py; echo "VM-EXIT $?"'
@@ -52,6 +53,20 @@ echo "VM-DONE $(cut -d' ' -f1 /proc/uptime)"
 echo o > /proc/sysrq-trigger
 sleep 30
 """
+
+
+def under_tmp() -> list[Path]:
+    """The checkout and the Python prefix, where they lie under /tmp: the guest's /tmp is a fresh
+    tmpfs, so each is shared again on its own and mounted back at the same path."""
+    paths = sorted({p for p in (REPO, Path(sys.prefix).resolve()) if p.is_relative_to("/tmp")})
+    return [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
+
+
+def _keep_mounts(paths: list[Path]) -> str:
+    return "\n".join(
+        f"mkdir -p /host{p} && mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose keep{i} /host{p}"
+        for i, p in enumerate(paths)
+    )
 
 
 def kernel_version(requested: str | None) -> str:
@@ -91,7 +106,9 @@ def build_initramfs(work: Path, version: str) -> Path:
         shutil.copy(ko, root / "modules" / ko.name)
         names.append(ko.stem)
     init = root / "init"
-    init.write_text(INIT.format(modules=" ".join(names), repo=REPO, python=sys.executable))
+    init.write_text(
+        INIT.format(modules=" ".join(names), repo=REPO, python=sys.executable, keep=_keep_mounts(under_tmp()))
+    )
     init.chmod(0o755)
     image = work / "initramfs.cpio"
     files = subprocess.run(["find", "."], cwd=root, check=True, capture_output=True).stdout
@@ -127,6 +144,8 @@ def main() -> int:
             "-append", "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3",
             "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
         ]  # fmt: skip
+        for i, path in enumerate(under_tmp()):
+            cmd += ["-virtfs", f"local,path={path},mount_tag=keep{i},security_model=none,readonly=on,multidevs=remap"]
         print(f"booting {version} with {accel} ...", flush=True)
         t1 = time.monotonic()
         try:
