@@ -43,6 +43,19 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=1)
 
 
+# The real-time chunking options of `play` and `eval` (issue 19), spelled once.
+ChunkingOption = Annotated[
+    str | None,
+    typer.Option(help="naive, prefix or rtc (real-time chunking); default: rtc in async mode if the policy can."),
+]
+ExecuteOption = Annotated[
+    int | None, typer.Option(help="Execution horizon: ask for the next chunk after S actions.", min=1)
+]
+LatencyOption = Annotated[
+    float | None, typer.Option(help="Simulated latency: the game runs in simulated time (see README).", min=0)
+]
+
+
 @app.command()
 def info(
     checkpoint: Annotated[
@@ -348,16 +361,9 @@ def play_command(
     keymap: Annotated[
         str | None, typer.Option(help="For --input keys: a preset (arrows, wasd-mouse) or a YAML/JSON keymap file.")
     ] = None,
-    chunking: Annotated[
-        str | None,
-        typer.Option(help="naive, prefix or rtc (real-time chunking); default: rtc in async mode if the policy can."),
-    ] = None,
-    execute: Annotated[
-        int | None, typer.Option(help="Execution horizon: ask for the next chunk after S actions.", min=1)
-    ] = None,
-    latency_ms: Annotated[
-        float | None, typer.Option(help="Simulated latency: the game runs in simulated time (see README).", min=0)
-    ] = None,
+    chunking: ChunkingOption = None,
+    execute: ExecuteOption = None,
+    latency_ms: LatencyOption = None,
 ) -> None:
     """Let the agent play a game through a virtual gamepad, and record the run.
 
@@ -902,16 +908,9 @@ def eval_command(
         str, typer.Option(help="sync (scores the policy alone) or async (the game keeps its clock while it thinks).")
     ] = "sync",
     button_order: Annotated[str | None, typer.Option(help="For ckpt: policies: " + BUTTON_ORDER_HELP)] = None,
-    chunking: Annotated[
-        str | None,
-        typer.Option(help="naive, prefix or rtc (real-time chunking); default: rtc in async mode if the policy can."),
-    ] = None,
-    execute: Annotated[
-        int | None, typer.Option(help="Execution horizon: ask for the next chunk after S actions.", min=1)
-    ] = None,
-    latency_ms: Annotated[
-        float | None, typer.Option(help="Simulated latency: the game runs in simulated time (see README).", min=0)
-    ] = None,
+    chunking: ChunkingOption = None,
+    execute: ExecuteOption = None,
+    latency_ms: LatencyOption = None,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
     _check_mode(mode)

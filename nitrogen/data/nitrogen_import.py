@@ -65,7 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nitrogen.actions import BUTTON_SLICE, LEFT_STICK_SLICE, RIGHT_STICK_SLICE
 from nitrogen.atomic import atomic_path, atomic_write_json
-from nitrogen.data.schema import BUTTON_COLUMNS, ActionMapper, CorruptRowError
+from nitrogen.data.schema import BUTTON_COLUMNS, ActionMapper, CorruptRowError, pad_features
 
 logger = logging.getLogger(__name__)
 
@@ -552,12 +552,7 @@ def output_features() -> Any:
     """The ``datasets.Features`` of an imported shard."""
     import datasets
 
-    feats: dict[str, Any] = {"image": datasets.Image()}
-    feats.update({col: datasets.Value("bool") for col in BUTTON_COLUMNS})
-    feats["j_left"] = datasets.Sequence(datasets.Value("float32"), length=2)
-    feats["j_right"] = datasets.Sequence(datasets.Value("float32"), length=2)
-    feats["episode_id"] = datasets.Value("string")
-    feats["frame"] = datasets.Value("int64")
+    feats = pad_features(episode_id="string")
     feats["segment"] = datasets.Value("int64")
     feats["game"] = datasets.Value("string")
     feats["video_id"] = datasets.Value("string")

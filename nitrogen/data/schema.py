@@ -41,6 +41,22 @@ BUTTON_COLUMNS: tuple[str, ...] = tuple(name.lower() for name in PHYSICAL_BUTTON
 """The schema's button column names: the 17 :data:`~nitrogen.actions.PHYSICAL_BUTTONS`, lower-cased
 (the released NitroGen dataset's columns)."""
 
+
+def pad_features(episode_id: str = "int64") -> dict[str, Any]:
+    """The ``datasets`` features every gameplay shard starts with, in order: ``image``, the
+    :data:`BUTTON_COLUMNS` (bool), ``j_left`` / ``j_right`` (``[x, y]`` float32), ``episode_id``
+    (``episode_id``: its value type) and ``frame``. Writers add their own columns after these."""
+    import datasets
+
+    feats: dict[str, Any] = {"image": datasets.Image()}
+    feats.update({col: datasets.Value("bool") for col in BUTTON_COLUMNS})
+    feats["j_left"] = datasets.Sequence(datasets.Value("float32"), length=2)
+    feats["j_right"] = datasets.Sequence(datasets.Value("float32"), length=2)
+    feats["episode_id"] = datasets.Value(episode_id)
+    feats["frame"] = datasets.Value("int64")
+    return feats
+
+
 STICK_TOLERANCE = 1e-3
 """Stick values may exceed [-1, 1] by this much (float noise) and are then clipped; more is corrupt."""
 

@@ -60,7 +60,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_json
-from ..data.schema import BUTTON_COLUMNS, PHYSICAL_BUTTONS
+from ..data.schema import BUTTON_COLUMNS, PHYSICAL_BUTTONS, pad_features
 from ..gamepad import NEUTRAL, GamepadState
 from ..policy import Policy
 from .loop import EpisodeStats, Observer, PlayConfig, Step, run_episode
@@ -200,12 +200,7 @@ def _features(labelled: bool = False) -> Any:
     """The ``datasets.Features`` of a recorded shard (with :data:`LABEL_COLUMNS` when ``labelled``)."""
     import datasets
 
-    feats: dict[str, Any] = {"image": datasets.Image()}
-    feats.update({col: datasets.Value("bool") for col in BUTTON_COLUMNS})
-    feats["j_left"] = datasets.Sequence(datasets.Value("float32"), length=2)
-    feats["j_right"] = datasets.Sequence(datasets.Value("float32"), length=2)
-    feats["episode_id"] = datasets.Value("int64")
-    feats["frame"] = datasets.Value("int64")
+    feats = pad_features(episode_id="int64")
     feats["reward"] = datasets.Value("float64")
     feats["score"] = datasets.Value("float64")
     feats["game"] = datasets.Value("string")
