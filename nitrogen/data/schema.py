@@ -42,6 +42,14 @@ BUTTON_COLUMNS: tuple[str, ...] = tuple(name.lower() for name in PHYSICAL_BUTTON
 (the released NitroGen dataset's columns)."""
 
 
+LABEL_COLUMNS: tuple[str, ...] = ("driver", "agrees", "intervention", "labeller")
+"""The columns a recording with a labeller adds (``nitrogen record --label``)."""
+
+EXTRA_COLUMNS: tuple[str, ...] = ("reward", "score", "video_id", "chunk_id", "time_s", *LABEL_COLUMNS)
+"""Columns some gameplay sources carry and training does not read: dropped where sources of
+different kinds (a recording, an import of the released dataset, a labelled round) are mixed."""
+
+
 def pad_features(episode_id: str = "int64") -> dict[str, Any]:
     """The ``datasets`` features every gameplay shard starts with, in order: ``image``, the
     :data:`BUTTON_COLUMNS` (bool), ``j_left`` / ``j_right`` (``[x, y]`` float32), ``episode_id``

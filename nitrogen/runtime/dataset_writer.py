@@ -69,7 +69,6 @@ from .sources import as_policy
 DATA_DIR = "data"
 INFO_FILE = "info.json"
 LABEL_KINDS: tuple[str, ...] = ("scripted", "human")
-LABEL_COLUMNS: tuple[str, ...] = ("driver", "agrees", "intervention", "labeller")
 """The columns a labelled recording adds (see the module docstring)."""
 
 
@@ -197,7 +196,7 @@ class LabelledEnv:
 
 
 def _features(labelled: bool = False) -> Any:
-    """The ``datasets.Features`` of a recorded shard (with :data:`LABEL_COLUMNS` when ``labelled``)."""
+    """The ``datasets.Features`` of a recorded shard (with :data:`~nitrogen.data.schema.LABEL_COLUMNS` when ``labelled``)."""
     import datasets
 
     feats = pad_features(episode_id="int64")

@@ -29,6 +29,8 @@ from ..data import (
     load_mapping,
     split_by_episode,
 )
+from ..data.dataset import SEGMENT_COLUMN
+from ..data.schema import EXTRA_COLUMNS
 from ..model.checkpoint import RawCheckpoint, model_from_checkpoint, read_checkpoint
 from ..model.presets import INIT_PREFIX, init_checkpoint
 from .config import FinetuneConfig, load_config, with_overrides
@@ -41,10 +43,6 @@ def starting_checkpoint(spec: str | os.PathLike[str], seed: int = 0) -> RawCheck
     if text.startswith(INIT_PREFIX):
         return init_checkpoint(text[len(INIT_PREFIX) :], seed=seed)
     return read_checkpoint(text)
-
-
-LABEL_COLUMNS: tuple[str, ...] = ("driver", "agrees", "intervention", "labeller")
-"""The columns a labelled recording adds (:data:`nitrogen.runtime.dataset_writer.LABEL_COLUMNS`)."""
 
 
 def parse_data_spec(text: str) -> tuple[str, float]:
@@ -99,6 +97,41 @@ def _separate_episodes(parts: list[Any], column: str) -> list[Any]:
     return out
 
 
+def _harmonise(parts: list[Any], episode_column: str) -> list[Any]:
+    """Sources of different kinds made concatenable: the :data:`~nitrogen.data.schema.EXTRA_COLUMNS`
+    that not every source has are dropped, a source without a ``segment`` column is one segment per
+    episode, and where integer and string episode ids meet, every id becomes ``"<source>:<id>"``."""
+    if len(parts) < 2:
+        return parts
+    shared = set.intersection(*(set(p.column_names) for p in parts))
+    parts = [p.remove_columns([c for c in EXTRA_COLUMNS if c in p.column_names and c not in shared]) for p in parts]
+    if any(SEGMENT_COLUMN in p.column_names for p in parts):
+        parts = [p if SEGMENT_COLUMN in p.column_names else p.add_column(SEGMENT_COLUMN, [0] * len(p)) for p in parts]
+    kinds = {p.features[episode_column].dtype for p in parts if episode_column in p.column_names}
+    if len(kinds) > 1:
+        parts = [
+            p.remove_columns([episode_column]).add_column(episode_column, [f"{i}:{e}" for e in p[episode_column]])
+            if episode_column in p.column_names
+            else p
+            for i, p in enumerate(parts)
+        ]
+    return [_cast_like(p, parts[0]) for p in parts]
+
+
+def _cast_like(part: Any, first: Any) -> Any:
+    """``part`` with the value types of ``first``'s columns (e.g. float64 sticks as the recorder's
+    float32 pairs), where it has the same columns and the cast is possible; otherwise as it is, and
+    :func:`_aggregate` names the source that differs."""
+    import datasets
+
+    if set(part.column_names) != set(first.column_names) or part.features == first.features:
+        return part
+    try:
+        return part.cast(datasets.Features({name: first.features[name] for name in part.column_names}))
+    except (ValueError, TypeError):
+        return part
+
+
 def _aggregate(
     sources: Sequence[Any],
     weights: Sequence[float],
@@ -106,16 +139,15 @@ def _aggregate(
     passive_weight: float,
     episode_column: str = "episode_id",
 ) -> tuple[Any, np.ndarray | None]:
-    """Load and concatenate ``sources`` with their per-row weights (None when all are 1). Label
-    columns are dropped when only some sources have them, so DAgger rounds mix with plain recordings,
-    and integer episode ids are made distinct across sources (:func:`_separate_episodes`)."""
-    parts = _separate_episodes([load_gameplay(s) for s in sources], episode_column)
+    """Load and concatenate ``sources`` with their per-row weights (None when all are 1). Columns
+    only some sources have are reconciled (:func:`_harmonise`), so DAgger rounds, plain recordings
+    and imports of the released dataset mix, and integer episode ids are made distinct across
+    sources (:func:`_separate_episodes`)."""
+    parts = [load_gameplay(s) for s in sources]
     w = np.concatenate(
         [row_weights(p, wt, intervention_weight, passive_weight) for p, wt in zip(parts, weights, strict=True)]
     )
-    labelled = [set(LABEL_COLUMNS) <= set(p.column_names) for p in parts]
-    if any(labelled) and not all(labelled):
-        parts = [p.remove_columns(list(LABEL_COLUMNS)) if lab else p for p, lab in zip(parts, labelled, strict=True)]
+    parts = _separate_episodes(_harmonise(parts, episode_column), episode_column)
     for source, part in zip(sources[1:], parts[1:], strict=True):
         if set(part.column_names) != set(parts[0].column_names):  # named by source, not by the loaded table
             raise ValueError(

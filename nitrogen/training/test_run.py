@@ -255,3 +255,33 @@ def test_a_zero_weight_sample_drops_out_of_the_loss(parquet: Path, tiny_ckpt: Pa
     assert loss([ds[0], ds[n + 5]], 2) == pytest.approx(alone, rel=1e-4)  # the second sample weighs 0
     unweighted = prepare_finetune([parquet, parquet], tiny_ckpt, eval_fraction=0).dataset
     assert loss([unweighted[0], unweighted[n + 5]], 2) != pytest.approx(alone, rel=1e-4)
+
+
+def test_a_recording_and_an_import_of_the_released_dataset_train_together(
+    parquet: Path, tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    """Different kinds of source mix: the import's string episode ids, its segments and its extra
+    columns meet a recording's integer ids and reward/score columns."""
+    import datasets
+
+    from nitrogen.data.nitrogen_import import output_features
+
+    features = output_features()
+    recorded = datasets.Dataset.from_parquet(str(parquet))
+    n = len(recorded)
+    imported = {name: recorded[name] for name in ("image", *BUTTON_COLUMNS, "j_left", "j_right", "frame")}
+    imported |= {"episode_id": ["vid_chunk_0"] * n, "segment": [0] * (n // 2) + [1] * (n - n // 2)}
+    imported |= {"game": ["gamma"] * n, "video_id": ["vid"] * n, "chunk_id": [0] * n, "time_s": [0.0] * n}
+    imported_path = tmp_path / "imported.parquet"
+    datasets.Dataset.from_dict(imported, features=features).to_parquet(str(imported_path))
+    with_reward = recorded.add_column("reward", [0.0] * n).add_column("score", [0.0] * n)
+    recorded_path = tmp_path / "recorded.parquet"
+    with_reward.to_parquet(str(recorded_path))
+
+    alone = prepare_finetune([recorded_path], tiny_ckpt, eval_fraction=0).dataset
+    mixed = prepare_finetune([recorded_path, imported_path], tiny_ckpt, eval_fraction=0).dataset
+    assert len(mixed.episode_keys) == len(alone.episode_keys) + 1  # the import's one chunk is one episode
+    # The import's two segments are cut apart: no window spans the boundary at row n // 2.
+    windows = [mixed.window_rows(i)[1] for i in range(len(alone), len(mixed))]
+    assert windows and all(((rows - n) < n // 2).all() or ((rows - n) >= n // 2).all() for rows in windows)
+    assert len(mixed) > len(alone)
