@@ -25,6 +25,17 @@ from typing_extensions import Protocol, runtime_checkable
 
 from .actions import ACTION_DIM, BUTTON_ORDERS, BUTTONS, DEFAULT_BUTTON_ORDER, NUM_BUTTONS, unpack_actions
 
+# The bounds of a real-time chunking request (``predict(prefix=, delay=, chunking=, beta=)``), the
+# same in a local session and on the wire.
+CHUNKING_MODES = ("prefix", "rtc")
+"""How a prefix conditions a chunk: ``prefix`` (hard replacement of the frozen actions at every
+Euler step; no extra compute) or ``rtc`` (guided inpainting with a vector-Jacobian product)."""
+MAX_PREFIX_ABS = 1e3
+"""The largest magnitude of a prefix value (actions are in [-1, 1]; a prefix is a previous chunk's):
+guidance towards huge targets would overflow the sampler."""
+MAX_RTC_BETA = 1e3
+"""The largest guidance cap a request may ask for."""
+
 
 class PolicySpec(BaseModel):
     """What a policy is, typed: everything the episode loop needs to drive it.

@@ -24,6 +24,7 @@ from ..actions import ACTION_DIM, BUTTONS, DEFAULT_BUTTON_ORDER, layout_descript
 from ..gamepad import check_button_order, reorder_buttons
 from ..model.checkpoint import RawCheckpoint, load_model
 from ..model.modeling import RTC_BETA, Conditioning, NitroGenModel, PrefixGuide, Schedule
+from ..policy import CHUNKING_MODES, MAX_PREFIX_ABS, MAX_RTC_BETA
 from .cpu_kernels import pack_linears, packing_available
 from .history import FrameHistory
 from .preprocessing import as_rgb_frame, resize_frame, to_pixels
@@ -34,15 +35,6 @@ STEP_RATE_HZ = 60.0
 MAX_NOISE_ABS = 1e4
 """The largest magnitude of a value of caller-given initial noise (a standard normal draw stays under 10)."""
 
-MAX_PREFIX_ABS = 1e3
-"""The largest magnitude of a prefix value (actions are in [0, 1]; a prefix is a previous chunk's)."""
-
-MAX_RTC_BETA = 1e3
-"""The largest guidance cap a request may ask for."""
-
-CHUNKING_MODES = ("prefix", "rtc")
-"""How a prefix conditions a chunk: ``prefix`` (hard replacement of the frozen actions at every
-Euler step; no extra compute) or ``rtc`` (guided inpainting with a vector-Jacobian product)."""
 
 _GENERIC_STEMS = frozenset({"model", "checkpoint", "ckpt", "weights", "best", "last", "final"})
 

@@ -28,7 +28,7 @@ frame must be (uint8 RGB, non-empty) is checked once per side by
 server's engine before the tower. The bounds on ``cfg_scale`` and on the noise are the engine's.
 A ``prefix`` is checked here for its dtype (float32), shape ``(k, 25)`` with ``1 <= k <=``
 :data:`MAX_PREFIX_ROWS`, finite values, and ``delay`` (``0..k``), ``chunking`` and ``beta``
-(``0..``:data:`MAX_BETA`); that ``k`` fits the model's horizon is the engine's to check.
+(``0..``:data:`MAX_RTC_BETA`); that ``k`` fits the model's horizon is the engine's to check.
 
 Decoding has a bounded cost (:class:`DecodeLimits`): a request may hold at most
 ``max_containers`` maps and lists in all, each of at most ``max_items`` entries, and strings of at
@@ -47,17 +47,19 @@ import msgpack
 import numpy as np
 
 from ..inference.preprocessing import MAX_FRAME_SIDE
+from ..policy import CHUNKING_MODES, MAX_PREFIX_ABS, MAX_RTC_BETA
 
 __all__ = [
     "ALLOWED_DTYPES",
     "CHUNKING_MODES",
     "MAX_ARRAY_DIMS",
-    "MAX_BETA",
     "MAX_ERROR_CHARS",
     "MAX_FRAME_SIDE",
     "MAX_ID_CHARS",
     "MAX_MESSAGE_BYTES",
+    "MAX_PREFIX_ABS",
     "MAX_PREFIX_ROWS",
+    "MAX_RTC_BETA",
     "PROTOCOL_VERSION",
     "REPLY_LIMITS",
     "REQUEST_LIMITS",
@@ -88,9 +90,6 @@ MAX_ERROR_CHARS = 300
 """Error messages are cut to this length, so an error reply stays far under 1 KB."""
 MAX_PREFIX_ROWS = 1024
 """The most rows a ``prefix`` may have on the wire (the released model's horizon is 18)."""
-MAX_BETA = 1000.0
-"""The largest RTC guidance cap a request may carry."""
-CHUNKING_MODES = ("rtc", "prefix")
 _ND = "__nd__"
 
 
@@ -275,8 +274,8 @@ def _validate_prefix(msg: dict[str, Any]) -> None:
         raise ProtocolError("'prefix' must be a float32 (k, 25) array")
     if prefix.shape[1] != 25 or not 1 <= prefix.shape[0] <= MAX_PREFIX_ROWS:
         raise ProtocolError(f"'prefix' must have shape (k, 25) with 1 <= k <= {MAX_PREFIX_ROWS}, got {prefix.shape}")
-    if not np.isfinite(prefix).all():
-        raise ProtocolError("'prefix' must hold finite values")
+    if not np.isfinite(prefix).all() or np.abs(prefix).max() > MAX_PREFIX_ABS:
+        raise ProtocolError(f"'prefix' must hold finite values within +-{MAX_PREFIX_ABS:g}")
     if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= len(prefix)):
         raise ProtocolError("'delay' must be an integer from 0 to the prefix length")
     if chunking is not None and chunking not in CHUNKING_MODES:
@@ -285,9 +284,9 @@ def _validate_prefix(msg: dict[str, Any]) -> None:
         not isinstance(beta, (int, float))
         or isinstance(beta, bool)
         or not np.isfinite(beta)
-        or not 0 <= beta <= MAX_BETA
+        or not 0 <= beta <= MAX_RTC_BETA
     ):
-        raise ProtocolError(f"'beta' must be a finite number from 0 to {MAX_BETA:g}")
+        raise ProtocolError(f"'beta' must be a finite number from 0 to {MAX_RTC_BETA:g}")
 
 
 def ok(request_id: Any = None, **fields: Any) -> dict[str, Any]:

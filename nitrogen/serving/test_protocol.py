@@ -128,6 +128,7 @@ def test_prefix_fields_are_checked_on_the_wire():
         ({"prefix": np.zeros((10, 24), np.float32)}, "shape"),
         ({"prefix": np.zeros((0, 25), np.float32)}, "shape"),
         ({"prefix": np.full((2, 25), np.inf, np.float32)}, "finite"),
+        ({"prefix": np.full((2, 25), 3e38, np.float32)}, "within"),
         ({"prefix": prefix, "delay": 11}, "delay"),
         ({"prefix": prefix, "delay": True}, "delay"),
         ({"prefix": prefix, "chunking": "nope"}, "chunking"),
