@@ -83,9 +83,9 @@ def _start(game: Game) -> Iterator[Running]:
             proc.wait(timeout=10)
 
 
-# XSoldier is skipped until its flake is understood (issue 20 stays open for it): in about one run
-# in several full-suite runs its ship-position check failed (once the ship moved left while right was held),
-# which XGalaga++ has never done.
+# XSoldier is skipped until its flake is understood (issue 20 stays open for it): in two of about a
+# dozen full-suite runs its ship-position check failed (once the ship moved left while right was
+# held), which XGalaga++ has never done.
 _XSOLDIER_FLAKY = pytest.mark.skip(reason="XSoldier's position check is flaky (issue 20, open)")
 
 
