@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from nitrogen.training.distill import (
     teacher_targets,
 )
 from nitrogen.training.state import latest_step
+from nitrogen.training.testing import kill_at_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_AGENT = REPO / "nitrogen" / "assets" / "default-agent" / "model.pt"
@@ -196,17 +196,7 @@ def test_distill_resumes_after_sigkill(frames: Path, tiny_ckpt: Path, tmp_path: 
     cmd = [sys.executable, "-m", "nitrogen.cli", "distill", "--data", str(frames), "--teacher", str(tiny_ckpt)]
     cmd += ["--steps", "2", "--out", str(out), *FAST, "--set=max_steps=60", "--set=save_every=2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while (latest_step(out) or 0) < 4:
-            assert proc.poll() is None, f"distill exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint at step >= 4 within 120 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        rc = proc.wait()
-        proc.stderr.close()
+    rc = kill_at_checkpoint(cmd, out, 4, 120, cwd=REPO, env=env)
     assert rc == -signal.SIGKILL
     killed_at = latest_step(out)
     assert killed_at is not None and 4 <= killed_at < 60

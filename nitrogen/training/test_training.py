@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from nitrogen.training.lora import merge_lora, prepare_model
 from nitrogen.training.metrics import action_metrics, button_f1, first_action_accuracy, stick_mae
 from nitrogen.training.run import finetune
 from nitrogen.training.state import latest_step
-from nitrogen.training.testing import SyntheticDataset
+from nitrogen.training.testing import SyntheticDataset, kill_at_checkpoint
 from nitrogen.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,23 +292,9 @@ def _script(out: Path, ckpt: Path, *overrides: str, resume: bool = False) -> lis
 def test_resume_after_sigkill(tiny_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ("max_steps=20", "save_every=5", "batch_size=2", "lr=1e-3")
-    proc = subprocess.Popen(
-        _script(out, tiny_ckpt, *args),
-        cwd=REPO,
-        env=_env(NITROGEN_TEST_ITEM_DELAY="0.05"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    rc = kill_at_checkpoint(
+        _script(out, tiny_ckpt, *args), out, 10, 60, cwd=REPO, env=_env(NITROGEN_TEST_ITEM_DELAY="0.05")
     )
-    deadline = time.monotonic() + 60
-    try:
-        while (latest_step(out) or 0) < 10:
-            assert proc.poll() is None, f"training exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no checkpoint at step >= 10 within 60 s"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        rc = proc.wait()
-        proc.stderr.close()
     assert rc == -signal.SIGKILL
     killed_at = latest_step(out)
     assert killed_at is not None and 10 <= killed_at < 20

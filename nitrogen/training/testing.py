@@ -10,13 +10,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from ..actions import NUM_BUTTONS
 from ..data.dataset import released_image_size
+from .state import latest_step
+
+
+def kill_at_checkpoint(cmd: list[str], out: Path, step: int, timeout: float, **popen: object) -> int:
+    """Start ``cmd``, SIGKILL it once ``out`` holds a checkpoint at ``step`` or later, and return the
+    exit status (``-SIGKILL``). Fails if it exits first or no such checkpoint comes in ``timeout`` s."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+    deadline = time.monotonic() + timeout
+    try:
+        while (latest_step(out) or 0) < step:
+            assert proc.poll() is None, f"the run exited early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, f"no checkpoint at step >= {step} within {timeout:g} s"
+            time.sleep(0.02)  # polling a folder, not synchronising threads
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        rc = proc.wait()
+        proc.stderr.close()
+    return rc
 
 
 class SyntheticDataset(Dataset):
