@@ -204,7 +204,10 @@ class KeyboardMousePad:
                 xtest.fake_input(self._disp, X.KeyPress if kind == "key" else X.ButtonPress, code)
                 self._held[binding] = (kind, code)
                 events.append((kind, binding if kind == "key" else code, 1))
-            self._disp.flush()
+            # A round trip, not a flush: python-xlib's flush() may return with requests still in
+            # its buffer when the socket is not writable at once (a busy X server), and close()
+            # then drops them, a lost release. After sync() the server has applied the events.
+            self._disp.sync()
         except BaseException:
             self.release_all()
             raise

@@ -44,15 +44,16 @@ class Game:
     hold: int  # frames each direction is held
     band: tuple[int, int]  # rows of the frame where the ship flies
     margin: int  # columns at each side to ignore (XSoldier draws a border)
+    ship_area: int  # the fewest pixels of a blob that is the ship (stars, shots and icons are smaller)
 
 
-XGALAGA = Game("xgalaga++", (640, 480), "arrows", "NORTH", 48, 60, (440, 472), 0)
+XGALAGA = Game("xgalaga++", (640, 480), "arrows", "NORTH", 48, 60, (440, 472), 0, 150)
 XSOLDIER_KEYMAP = """\
 name: xsoldier
 buttons: {SOUTH: space, RIGHT_SHOULDER: Shift_L, DPAD_LEFT: Left, DPAD_RIGHT: Right, DPAD_UP: Up, DPAD_DOWN: Down}
 left_stick: {up: Up, down: Down, left: Left, right: Right}
 """
-XSOLDIER = Game("xsoldier", (640, 720), "xsoldier.yaml", "SOUTH", 118, 20, (595, 645), 12)
+XSOLDIER = Game("xsoldier", (640, 720), "xsoldier.yaml", "SOUTH", 118, 20, (595, 645), 12, 300)
 
 
 def _binary(name: str) -> str:
@@ -83,13 +84,7 @@ def _start(game: Game) -> Iterator[Running]:
             proc.wait(timeout=10)
 
 
-# XSoldier is skipped until its flake is understood (issue 20 stays open for it): in two of about a
-# dozen full-suite runs its ship-position check failed (once the ship moved left while right was
-# held), which XGalaga++ has never done.
-_XSOLDIER_FLAKY = pytest.mark.skip(reason="XSoldier's position check is flaky (issue 20, open)")
-
-
-@pytest.fixture(params=[XGALAGA, pytest.param(XSOLDIER, marks=_XSOLDIER_FLAKY)], ids=lambda g: g.binary)
+@pytest.fixture(params=[XGALAGA, XSOLDIER], ids=lambda g: g.binary)
 def running(request: pytest.FixtureRequest) -> Iterator[Running]:
     yield from _start(request.param)
 
@@ -127,7 +122,8 @@ def _frames(run_dir: Path) -> list[np.ndarray]:
 
 
 def ship_x(frame: np.ndarray, game: Game) -> float:
-    """The x of the ship: the biggest bright blob in the band of rows where it flies."""
+    """The x of the ship: the biggest bright blob in the band of rows where it flies, NaN when no
+    blob is ship-sized (XSoldier's ship blinks after it appears; a star is then the biggest blob)."""
     import cv2
 
     top, bottom = game.band
@@ -135,7 +131,7 @@ def ship_x(frame: np.ndarray, game: Game) -> float:
     mask = (band.max(axis=2) > 100).astype(np.uint8)
     mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))  # join the sprite's parts, video noise aside
     n, _, stats, centroids = cv2.connectedComponentsWithStats(mask)
-    if n < 2:
+    if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < game.ship_area:
         return float("nan")
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     return float(centroids[biggest][0]) + game.margin
@@ -145,7 +141,7 @@ def _moved_right_then_left(frames: list[np.ndarray], game: Game, marks: dict[str
     # Frame k of the video is the one action k was played on, so the effect of the last right press
     # shows in the frames after it.
     def near(k: int) -> float:  # the median over a few frames: a sprite may blink or flicker
-        found = [ship_x(frames[i], game) for i in range(max(k - 2, 0), min(k + 3, len(frames)))]
+        found = [ship_x(frames[i], game) for i in range(max(k - 3, 0), min(k + 4, len(frames)))]
         return float(np.nanmedian(found)) if not np.isnan(found).all() else float("nan")
 
     xs = {name: near(k) for name, k in marks.items()}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import os
 import select
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +30,16 @@ NAMES = {XK.string_to_keysym(n): n for n in ("Left", "Right", "Up", "Down", "z",
 
 @pytest.fixture(scope="module")
 def xvfb() -> Iterator[str]:
+    from Xlib import X
+    from Xlib import display as xdisplay
+
     with xvfb_server(320, 240) as display:
+        # No autorepeat: a key held long on a loaded machine would otherwise add release/press
+        # pairs of the server's own between the events the pad sent.
+        disp = xdisplay.Display(display)
+        disp.change_keyboard_control(auto_repeat_mode=X.AutoRepeatModeOff)
+        disp.sync()
+        disp.close()
         yield display
 
 
@@ -122,6 +134,33 @@ def test_a_dropped_pad_releases_its_keys(xvfb: str, listener: Listener) -> None:
     gc.collect()  # the finalizer (also run at interpreter exit) releases what was held
     assert listener.events(1) == [("key", "Right", 0)]
     assert keys_down(["Right"], display=xvfb) == set()
+
+
+def test_send_returns_once_the_server_has_the_events(xvfb: str, listener: Listener) -> None:
+    """A busy X server that reads its socket late must not lose a release (python-xlib's flush()
+    gives up when the socket is not writable at once, and close() drops what is left): send()
+    waits for the server. Here the server is stopped outright while the pad releases and closes."""
+    pad = KeyboardMousePad("arrows", window=listener.window.id, display=xvfb)
+    pad.send(RIGHT)
+    assert listener.events(1) == [("key", "Right", 1)]
+    xvfb_pid = int(open(f"/tmp/.X{xvfb[1:]}-lock").read().split()[0])  # Xvfb writes its pid there
+
+    def release_and_close() -> None:
+        pad.send(GamepadState())
+        pad.close()
+
+    worker = threading.Thread(target=release_and_close)
+    os.kill(xvfb_pid, signal.SIGSTOP)
+    try:
+        worker.start()
+        worker.join(timeout=0.5)
+        assert worker.is_alive()  # still waiting for the stopped server's answer
+    finally:
+        os.kill(xvfb_pid, signal.SIGCONT)
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert keys_down(["Right"], display=xvfb) == set()  # applied before send() returned
+    assert listener.events(1) == [("key", "Right", 0)]
 
 
 class _Screen:
