@@ -908,6 +908,9 @@ def eval_command(
         str, typer.Option(help="sync (scores the policy alone) or async (the game keeps its clock while it thinks).")
     ] = "sync",
     button_order: Annotated[str | None, typer.Option(help="For ckpt: policies: " + BUTTON_ORDER_HELP)] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="For ckpt: policies: Euler steps (default: the checkpoint's).", min=1)
+    ] = None,
     chunking: ChunkingOption = None,
     execute: ExecuteOption = None,
     latency_ms: LatencyOption = None,
@@ -929,7 +932,9 @@ def eval_command(
     try:
         for spec in specs:  # models load once, before any game; agents are made per game
             if spec not in AGENT_SOURCES:
-                models[spec] = make_policy(spec, seed=seed_list[0], device=device, button_order=button_order)
+                models[spec] = make_policy(
+                    spec, seed=seed_list[0], device=device, num_steps=steps, button_order=button_order
+                )
     except (NitrogenError, ValueError, OSError, ImportError) as exc:
         for model in models.values():
             model.close()
@@ -964,10 +969,11 @@ def eval_command(
                 execute=execute,
                 latency_ms=latency_ms,
             )
+        infos = {spec: model.info() for spec, model in models.items()}
     finally:
         for model in models.values():
             model.close()
-    paths = write_results(results, out)
+    paths = write_results(results, out, policies=infos)
     console.print(markdown_table(summarize(results)))
     console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['png']}")
 

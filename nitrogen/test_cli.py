@@ -249,8 +249,9 @@ def test_play_and_eval_take_chunking_execute_and_simulated_latency(tiny_ckpt, tm
     bad = runner.invoke(app, [*args[:-1], "--chunking", "smooth"])
     assert bad.exit_code == 1 and "--chunking must be naive, prefix or rtc" in bad.output
     ev = ["eval", "--env", "ale:Breakout", "--policy", f"ckpt:{tiny_ckpt}", "--no-baselines", "--episodes", "1"]
-    ev += ["--max-frames", "18", "--mode", "async", "--chunking", "prefix", "--latency-ms", "100"]
+    ev += ["--max-frames", "18", "--mode", "async", "--chunking", "prefix", "--latency-ms", "100", "--steps", "3"]
     result = runner.invoke(app, [*ev, "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert [e["length"] for e in doc["episodes"]] == [18]
+    assert doc["policies"][f"ckpt:{tiny_ckpt}"]["num_steps"] == 3  # --steps reached the model

@@ -12,7 +12,7 @@ in play, so START, GUIDE and BACK read 0), to compare with a dataset's known mar
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -230,8 +230,11 @@ def bar_chart(summaries: Sequence[Summary], path: Path, width: int | None = None
     return eval_chart(path, rows, width=width, row_height=row_h)
 
 
-def write_results(results: Sequence[EpisodeResult], out_dir: Path) -> dict[str, Path]:
-    """``results.md``, ``results.json`` (summaries, with their chart label, and every episode) and
+def write_results(
+    results: Sequence[EpisodeResult], out_dir: Path, policies: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Path]:
+    """``results.md``, ``results.json`` (summaries, with their chart label, every episode and, when
+    given, each model's ``info()`` under ``policies``: its checkpoint, Euler steps, ...) and
     ``results.png`` (:func:`bar_chart`), each written atomically: a reader of an earlier evaluation
     in ``out_dir`` sees the old file or the new one, never a torn one."""
     from ..atomic import atomic_write, atomic_write_json
@@ -248,6 +251,8 @@ def write_results(results: Sequence[EpisodeResult], out_dir: Path) -> dict[str, 
         ],
         "episodes": [asdict(r) for r in results],
     }
+    if policies:
+        doc["policies"] = {spec: dict(info) for spec, info in policies.items()}
     return {
         "markdown": atomic_write(out_dir / "results.md", markdown_table(summaries) + "\n"),
         "json": atomic_write_json(out_dir / "results.json", doc),
