@@ -63,8 +63,11 @@ MODES = ("sync", "naive", "prefix", "rtc", "naive-x2")
 FPS = 60.0
 
 
-def cell_config(mode: str, latency_ms: float, frames: int, execute: int) -> PlayConfig:
-    """The episode loop's settings for one (mode, latency) cell."""
+def cell_config(
+    mode: str, latency_ms: float, frames: int, execute: int, rtc: dict[str, Any] | None = None
+) -> PlayConfig:
+    """The episode loop's settings for one (mode, latency) cell; ``rtc`` sets ``rtc_window`` and
+    ``rtc_beta`` of the prefix and rtc modes (default: the paper's)."""
     if mode == "sync":
         return PlayConfig(mode="sync", max_frames=frames, video=False, actions_per_chunk=execute, latency_ms=0.0)
     chunking, in_flight = ("naive", 2) if mode == "naive-x2" else (mode, 1)
@@ -80,13 +83,18 @@ def cell_config(mode: str, latency_ms: float, frames: int, execute: int) -> Play
         execute=execute,
         latency_ms=latency_ms,
         in_flight=in_flight,
+        **(rtc or {}),
     )
 
 
-def run_cell(env: Any, policy: Any, mode: str, latency_ms: float, seed: int, frames: int, execute: int) -> dict:
+def run_cell(
+    env: Any, policy: Any, mode: str, latency_ms: float, seed: int, frames: int, execute: int,
+    rtc: dict[str, Any] | None = None,
+) -> dict:  # fmt: skip
     switches = SwitchStats()
-    stats = run_episode(env, policy, cell_config(mode, latency_ms, frames, execute), [switches], seed=seed)
+    stats = run_episode(env, policy, cell_config(mode, latency_ms, frames, execute, rtc), [switches], seed=seed)
     return {
+        **(rtc or {}),
         "mode": mode,
         "latency_ms": latency_ms,
         "seed": seed,
@@ -196,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latencies", nargs="+", type=float, default=[0, 50, 100, 200, 400])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--execute", type=int, default=None, help="execution horizon s (default: the card's)")
+    parser.add_argument(
+        "--rtc-window", type=int, default=None,
+        help="prefix/rtc: guide at most N actions past the frozen d (default: the whole overlap)",
+    )  # fmt: skip
+    parser.add_argument("--rtc-beta", type=float, default=None, help="rtc: the guidance cap (default: 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded machine)")
     parser.add_argument("--out", type=Path, default=Path("docs/bench_latency.json"))
     parser.add_argument("--plot", type=Path, default=None, help="PNG of score against latency")
@@ -214,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     card = load_card()
     games = args.games or card.games
     execute = args.execute or card.play.actions_per_chunk
+    rtc = {"rtc_window": args.rtc_window} if args.rtc_window is not None else {}
+    if args.rtc_beta is not None:
+        rtc["rtc_beta"] = args.rtc_beta
     doc: dict[str, Any] = {"episodes": []}
     if args.out.is_file():
         doc = json.loads(args.out.read_text())  # resume: the episodes already played are kept
@@ -231,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         policy = make_policy("default", seed=seed)  # fresh per episode: its noise depends on the seed alone
-        row = run_cell(envs[game], policy, mode, lat, seed, args.frames, execute) | {"game": game}
+        row = run_cell(envs[game], policy, mode, lat, seed, args.frames, execute, rtc) | {"game": game}
         policy.close()
         row["wall_s"] = time.perf_counter() - t0
         row["load_1min"] = os.getloadavg()[0]
@@ -242,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": args.seeds,
             "latencies_ms": args.latencies,
             "execute": execute,
+            **rtc,
             "games": games,
             "threads": args.threads,
         }

@@ -121,6 +121,12 @@ class PlayConfig(BaseModel):
     )
     in_flight: int = Field(1, ge=1, le=64, description="requests in flight at once (simulated latency only)")
     rtc_beta: float = Field(5.0, ge=0, le=1000, description="RTC's cap on the guidance weight (the paper's 5)")
+    rtc_window: int | None = Field(
+        None,
+        ge=0,
+        description="prefix and rtc: send at most d + N of the current chunk's actions, so that RTC guides at "
+        "most N actions past the d frozen ones (default: the whole overlap, as in the paper)",
+    )
     latency_window: int = Field(20, ge=1, description="chunks whose latency the p90 behind the delay d is taken over")
 
     @model_validator(mode="after")
@@ -295,6 +301,8 @@ class _Planner:
             # run from the new chunk, and guiding the new chunk towards a plan that old only pulls it
             # away from its own observation (the paper needs d <= H - s). Ask as naive chunking does.
             return {}
+        if ep.config.rtc_window is not None:
+            prefix = prefix[: d + ep.config.rtc_window]  # a shorter soft window: RTC's mask ends with the prefix
         ep.stats.delays.append(d)
         return {"prefix": prefix, "delay": d, "chunking": self.mode, "beta": ep.config.rtc_beta}
 

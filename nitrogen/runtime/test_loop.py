@@ -309,6 +309,19 @@ def test_simulated_latency_switches_on_the_frame_the_latency_implies(breakout, l
         assert sent["delay"] == d and sent["chunking"] == "rtc"
 
 
+def test_rtc_window_caps_the_prefix_past_the_frozen_actions(breakout):
+    from nitrogen.runtime.loop import run_episode
+
+    env = _Counting(breakout)
+    policy = _PrefixTagged(env, horizon=18, shift=0)
+    config = PlayConfig(mode="async", max_frames=60, chunking="rtc", execute=3, latency_ms=50, rtc_window=2)
+    run_episode(env, policy, config)
+    sent = [r for r in policy.requests if r]
+    assert len(sent) >= 5
+    for r in sent:  # d = 3 frames of latency; the chunk's remaining 15 actions are cut to d + 2
+        assert r["delay"] == 3 and r["prefix"].shape == (5, policy.chunks[0].shape[1])
+
+
 def test_simulated_latency_is_deterministic_for_a_seed(breakout, tiny_ckpt):
     from nitrogen.runtime.loop import run_episode
 
