@@ -708,9 +708,13 @@ def record_command(
         str | None,
         typer.Option(help="With --label human: hold this key (a pygame key name, e.g. 'left shift') to drive."),
     ] = None,
+    chunking: ChunkingOption = None,
+    execute: ExecuteOption = None,
+    latency_ms: LatencyOption = None,
 ) -> None:
     """Record gameplay as a Hugging Face dataset in the fine-tuning schema."""
     _check_mode(mode)
+    _check_chunking(chunking)
     from .envs import make_env
     from .runtime.dataset_writer import LABEL_KINDS, record
     from .runtime.sources import make_policy
@@ -744,6 +748,9 @@ def record_command(
             label=label,
             beta=beta,
             takeover_key=takeover_key,
+            chunking=chunking,
+            execute=execute,
+            latency_ms=latency_ms,
         )
     except (NitrogenError, FileExistsError, ValueError) as exc:
         _fail(exc)

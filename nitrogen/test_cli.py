@@ -208,6 +208,12 @@ def test_dagger_record_finetune_and_loop_commands(tiny_ckpt, tmp_path):
     assert set(rows["driver"]) == {"policy", "expert"} and len(rows["agrees"]) == 40
     bad = runner.invoke(app, [*args, "--beta", "0.5", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and "need --label" in " ".join(bad.output.split())
+    rtc = [*args, "--label", "scripted", "--mode", "async", "--chunking", "rtc", "--latency-ms", "50"]
+    result = runner.invoke(app, [*rtc, "--out", str(tmp_path / "rtc")])
+    assert result.exit_code == 0, result.output
+    assert load_gameplay(tmp_path / "rtc" / "data")[:]["driver"] == ["policy"] * 40
+    bad = runner.invoke(app, [*rtc[:-4], "--chunking", "smooth", "--out", str(tmp_path / "y")])
+    assert bad.exit_code == 1 and "--chunking must be naive, prefix or rtc" in bad.output
 
     fast = ["--set=max_steps=1", "--set=batch_size=2", "--set=progress=false", "--set=save_every=0"]
     tuned = tmp_path / "tuned"

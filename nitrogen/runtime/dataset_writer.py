@@ -403,6 +403,9 @@ def record(
     label: str | Any | None = None,
     beta: float = 0.0,
     takeover_key: str | None = None,
+    chunking: Literal["naive", "prefix", "rtc"] | None = None,
+    execute: int | None = None,
+    latency_ms: float | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` episodes of ``env`` with ``policy`` and write them under ``out_dir``.
 
@@ -414,6 +417,8 @@ def record(
     ``game`` (default ``env.spec_id``) fills the ``game`` column. ``mode`` is the loop's (sync: the
     game waits for the policy; async: it plays on its clock). Menu buttons of a model policy are
     masked as in ``nitrogen play`` unless ``allow_menu``; an agent's (a person's) are kept.
+    ``chunking``, ``execute`` and ``latency_ms`` are the loop's (:class:`PlayConfig`): async play
+    with real-time chunking, and simulated latency, work while a model drives.
 
     ``explore`` is the chance, per frame, that a burst of random actions (a random D-pad direction
     and FIRE, held ``explore_frames`` frames, inclusive bounds) starts; during a burst the env gets
@@ -457,6 +462,9 @@ def record(
         explore=explore,
         explore_frames=explore_frames,
         video=False,
+        chunking=chunking,
+        execute=execute,
+        latency_ms=latency_ms,
     )
     env_id = str(getattr(env, "spec_id", type(env).__name__))
     describe = {"env": env_id, "agent": spec.name, "fps": getattr(env, "fps", None), "explore": explore}

@@ -307,3 +307,70 @@ def test_a_person_takes_over_and_releases_and_exactly_those_rows_are_marked(tmp_
         expected = script[i][0] if i in script else state_from_action(policy_actions[i])
         assert _columns_state(rows, i).buttons == expected.buttons, i
     assert info["intervention_frames"] == len(taken) and info["driver_frames"] == {"human": 10, "policy": 30}
+
+
+class _Executed:
+    """The env as the labelled recorder sees it, noting each action the game was stepped with."""
+
+    def __init__(self, env: Any) -> None:
+        self.env, self.executed = env, []
+
+    def step(self, state: GamepadState) -> Any:
+        self.executed.append(state)
+        return self.env.step(state)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+
+class _Asking:
+    """A model policy that notes what each request carried (the RTC prefix, its delay)."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy, self.requests = policy, []
+        self.spec = policy.spec
+
+    def predict(self, frame: Any, **kwargs: Any) -> Any:
+        self.requests.append(kwargs)
+        return self.policy.predict(frame, **kwargs)
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def info(self) -> dict[str, Any]:
+        return self.policy.info()
+
+    def close(self) -> None:
+        self.policy.close()
+
+
+def test_the_labeller_works_under_async_real_time_chunking(tmp_path: Path, tiny_ckpt: Path) -> None:
+    """While the model drives in async mode with RTC (simulated 50 ms), every row still holds the
+    expert's label for the frame the game was in, whichever chunk's action was executed."""
+    from nitrogen.inference.session import InferenceSession
+    from nitrogen.runtime.experts import GopherExpert
+
+    frames, seed = 60, 4
+    policy = _Asking(InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", seed=0))
+    with make_env("ale:Gopher") as game:
+        env = _Executed(game)
+        info = record(
+            env, policy, episodes=1, out_dir=tmp_path, seed=seed, max_frames=frames, label="scripted",
+            mode="async", chunking="rtc", execute=3, latency_ms=50,
+        )  # fmt: skip
+        d = 3 - policy.spec.action_shift  # 50 ms is 3 frames; the shift's actions are not the new chunk's
+        assert any(r.get("chunking") == "rtc" and r["delay"] == d for r in policy.requests)  # RTC requests went out
+        expert, frame = GopherExpert(), game.reset(seed=seed)[0]
+        expert.reset(game, seed)
+        labels, agrees = [], []
+        for executed in env.executed:
+            label = expert.act(game, frame)
+            labels.append(label)
+            agrees.append(game.to_env_action(label) == game.to_env_action(executed))
+            frame = game.step(executed)[0]
+    rows = load_gameplay(tmp_path / "data")[:]
+    assert len(labels) == frames and rows["driver"] == ["policy"] * frames
+    for i in range(frames):
+        assert _columns_state(rows, i).buttons == labels[i].buttons
+    assert rows["agrees"] == agrees and info["agreement"] == pytest.approx(sum(agrees) / frames)
+    assert 0 < sum(agrees) < frames  # the untrained model's moves often differ from the labels
