@@ -59,7 +59,7 @@ def test_training_targets_follow_the_checkpoint_order():
     import datasets
 
     from nitrogen.data import BUTTON_COLUMNS, GameplayDataset
-    from nitrogen.runtime.dataset_writer import png_bytes
+    from nitrogen.data.images import png_bytes
 
     rows = 6
     cols = {name: [i % 2 == 0 for i in range(rows)] if name == "start" else [False] * rows for name in BUTTON_COLUMNS}

@@ -146,3 +146,13 @@ class ImageReader(BaseModel):
                 except Exception as exc:  # truncated data, a broken chunk, an unconvertible mode
                     raise ValueError(f"undecodable image: {type(exc).__name__}: {exc}") from exc
         return as_rgb_frame(np.asarray(rgb))
+
+
+def png_bytes(frame: np.ndarray) -> bytes:
+    """Lossless PNG encoding of an RGB ``uint8`` ``(H, W, 3)`` frame: the image cell that recordings and
+    imports write (what :class:`ImageReader` reads back)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

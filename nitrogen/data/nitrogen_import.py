@@ -565,7 +565,7 @@ def _chunk_columns(
     chunk: ChunkTask, reader: VideoReader, config: ImportConfig
 ) -> tuple[dict[str, list[Any]], int, int]:
     """A chunk's output columns (all its kept rows), its rows read and its idle rows."""
-    from nitrogen.runtime.dataset_writer import png_bytes
+    from .images import png_bytes
 
     columns, actions = _labels(chunk.labels)
     n = len(actions)

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_send_returns_once_the_server_has_the_events(xvfb: str, listener: Listen
     pad = KeyboardMousePad("arrows", window=listener.window.id, display=xvfb)
     pad.send(RIGHT)
     assert listener.events(1) == [("key", "Right", 1)]
-    xvfb_pid = int(open(f"/tmp/.X{xvfb[1:]}-lock").read().split()[0])  # Xvfb writes its pid there
+    xvfb_pid = int(Path(f"/tmp/.X{xvfb[1:]}-lock").read_text().split()[0])  # Xvfb writes its pid there
 
     def release_and_close() -> None:
         pad.send(GamepadState())

@@ -51,7 +51,6 @@ share of policy-driven frames whose action equals the label (agreement in the ag
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_json
+from ..data.images import png_bytes
 from ..data.schema import BUTTON_COLUMNS, PHYSICAL_BUTTONS, pad_features
 from ..gamepad import NEUTRAL, GamepadState
 from ..policy import Policy
@@ -209,15 +209,6 @@ def _features(labelled: bool = False) -> Any:
         feats["intervention"] = datasets.Value("bool")
         feats["labeller"] = datasets.Value("string")
     return datasets.Features(feats)
-
-
-def png_bytes(frame: np.ndarray) -> bytes:
-    """Lossless PNG encoding of an RGB ``uint8`` ``(H, W, 3)`` frame."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def state_columns(state: GamepadState) -> dict[str, Any]:
