@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,6 +44,27 @@ def _check_chunking(chunking: str | None) -> None:
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=1)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does: the episode stops, the run folder is finished,
+    and the env's close resumes a paused game and releases every key (Python's default action for
+    these signals exits at once, with no cleanup, and would leave the game stopped, a key down)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    wanted = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    try:
+        previous = {s: signal.signal(s, interrupt) for s in wanted}
+    except ValueError:  # not the main thread: leave the signals alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 # The real-time chunking options of `play` and `eval` (issue 19), spelled once.
@@ -254,7 +278,6 @@ def serve(
 ) -> None:
     """Serve a checkpoint to game machines over ZeroMQ (msgpack protocol, per-client sessions, batching)."""
     import logging
-    import signal
     import threading
 
     from pydantic import ValidationError
@@ -428,7 +451,8 @@ def play_command(
     except (NitrogenError, ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     try:
-        summaries = play(game_env, policy, config, out_dir=out, progress=True)
+        with _terminate_as_interrupt():
+            summaries = play(game_env, policy, config, out_dir=out, progress=True)
     finally:
         game_env.close()
         policy.close()

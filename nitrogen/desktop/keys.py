@@ -12,8 +12,11 @@ talks to the X server:
 * **Releases are always sent.** :meth:`close` (also from ``with``, the env's ``close`` and, via
   :func:`weakref.finalize`, interpreter exit) releases every key and button still held. An error
   while sending releases everything before it propagates. (An XTEST press outlives its client:
-  the X server keeps the key down after the connection closes, so this matters.) Only a
-  ``SIGKILL`` can leave a key down; ``xdotool keyup`` or a new pad's :meth:`release_all` lifts it.
+  the X server keeps the key down after the connection closes, so this matters.) A signal that
+  ends the process with no cleanup can leave a key down: ``SIGKILL``, and ``SIGTERM``/``SIGHUP``
+  unless handled (``nitrogen play`` turns them into Ctrl-C). ``xdotool keyup`` or a new pad's
+  :meth:`release_all` lifts it. Each :meth:`send` ends with a round trip, so when it returns the
+  server has applied its events.
 * **Focus.** Without a window manager (e.g. under Xvfb) no window gets the keyboard focus, so before
   sending keys the pad sets the input focus on the game's window itself whenever the focus is not
   already on it or inside it. Under a window manager it asks once for the window to be activated

@@ -230,3 +230,34 @@ def test_sync_mode_stops_the_game_while_the_policy_thinks_and_paces_each_action(
 
     frames = _frames(Path(summary["run_dir"]))
     _moved_right_then_left(frames, game, marks)
+
+
+def test_sigterm_ends_play_with_the_keys_released_and_the_game_running(xgalaga: Running, tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM, as `timeout` and service managers send) stops `nitrogen play` as Ctrl-C
+    does: the game is resumed if it was stopped, every key is released, the run folder is written."""
+    import time
+
+    from nitrogen.desktop.keys import keys_down
+
+    actions = tmp_path / "actions.jsonl"
+    actions.write_text(json.dumps({"state": {"buttons": ["DPAD_RIGHT"]}}) + "\n")  # the replay holds it
+    args = [sys.executable, "-m", "nitrogen.cli", "play", "--process", "xgalaga++", "--input", "keys"]
+    args += ["--replay", str(actions), "--max-frames", "100000", "--mode", "sync", "--out", str(tmp_path / "runs")]
+    env = {**os.environ, "DISPLAY": xgalaga.display}
+    play = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while keys_down(["Right"], display=xgalaga.display) != {"Right"}:  # wait until it plays
+            assert play.poll() is None and time.monotonic() < deadline, play.stdout.read() if play.stdout else ""
+            time.sleep(0.05)
+        play.terminate()
+        output = play.communicate(timeout=60)[0].decode()
+    finally:
+        if play.poll() is None:
+            play.kill()
+    assert play.returncode == 0, output
+    assert keys_down(["Right", "Left", "Up"], display=xgalaga.display) == set()
+    assert process_state(xgalaga.proc.pid) in {"R", "S"}  # not left stopped (T)
+    [run_dir] = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "episode.json").read_text())
+    assert summary["interrupted"] and summary["frames"] > 0
