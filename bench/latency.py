@@ -154,6 +154,7 @@ def summarize(episodes: list[dict], latencies: list[float]) -> list[dict]:
             "seeds": [e["seed"] for e in es],
             "score_mean": statistics.fmean(scores),
             "score_std": statistics.pstdev(scores),
+            "score_se": statistics.stdev(scores) / math.sqrt(len(scores)) if len(scores) > 1 else float("nan"),
             "stale_per_chunk": statistics.fmean(e["stale"] / max(e["chunks"], 1) for e in es),
             "starved_frac": statistics.fmean(e["starved"] / max(e["frames"], 1) for e in es),
             "chunks": statistics.fmean(e["chunks"] for e in es),
@@ -177,10 +178,10 @@ def summarize(episodes: list[dict], latencies: list[float]) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     lines = [
         (
-            "| game | mode | latency ms | score mean ± std | of 0 ms | real time kept | stale / chunk | starved "
+            "| game | mode | latency ms | n | score mean ± std | SE | of 0 ms | real time kept | stale / chunk | starved "
             "| switch \\|Δstick\\| | inside \\|Δstick\\| | switch flips | inside flips | d | compute ms / chunk |"
         ),
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
 
     def f(v: float, spec: str = ".3f") -> str:
@@ -188,7 +189,8 @@ def markdown(rows: list[dict]) -> str:
 
     for r in rows:
         lines.append(
-            f"| {r['game']} | {r['mode']} | {r['latency_ms']:g} | {r['score_mean']:.1f} ± {r['score_std']:.1f} | "
+            f"| {r['game']} | {r['mode']} | {r['latency_ms']:g} | {r['episodes']} | "
+            f"{r['score_mean']:.1f} ± {r['score_std']:.1f} | {f(r['score_se'], '.1f')} | "
             f"{f(r['kept_of_zero_latency'], '.0%')} | {f(r['realtime_fraction'], '.0%')} | {r['stale_per_chunk']:.1f} | "
             f"{r['starved_frac']:.0%} | {f(r['switch_stick'])} | {f(r['inside_stick'])} | {f(r['switch_flips'], '.2f')} | "
             f"{f(r['inside_flips'], '.2f')} | {r['delay_mean']:.1f} | {r['compute_ms']:.0f} |"
