@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--record-seed", type=int, default=1000)
     ap.add_argument("--actions-per-chunk", type=int, default=3)
     ap.add_argument("--num-steps", type=int, default=4, help="Euler steps of the model while it plays")
+    ap.add_argument("--beta", type=float, default=0.0, help="DAgger's chance that the expert drives, round 0")
+    ap.add_argument("--beta-decay", type=float, default=1.0, help="DAgger's round r uses beta * decay**r")
     ap.add_argument("--out", type=Path, default=Path("runs/dagger-bench"))
     args = ap.parse_args()
     overrides = [
@@ -84,7 +86,7 @@ def main() -> None:
         started = time.perf_counter()
         ref = references(game, seeds, args.eval_frames)
         runs = {}
-        for name, beta in (("dagger", 0.0), ("bc", 1.0)):
+        for name, beta, decay in (("dagger", args.beta, args.beta_decay), ("bc", 1.0, 1.0)):
             config = DaggerConfig(
                 env=game,
                 init=args.init,
@@ -93,6 +95,7 @@ def main() -> None:
                 max_frames=args.frames,
                 record_seed=args.record_seed,
                 beta=beta,
+                beta_decay=decay,
                 steps=args.steps,
                 overrides=overrides,
                 eval_seeds=seeds,
@@ -103,7 +106,8 @@ def main() -> None:
             )
             runs[name] = run_dagger(config, args.out / slug / name)
         runs["bc"]["init_eval"] = runs["dagger"]["init_eval"]
-        series = {"DAgger (beta 0)": _points(runs["dagger"]), "behaviour cloning (beta 1)": _points(runs["bc"])}
+        schedule = f"beta {args.beta:g}" + (f" x {args.beta_decay:g}^round" if args.beta_decay != 1 else "")
+        series = {f"DAgger ({schedule})": _points(runs["dagger"]), "behaviour cloning (beta 1)": _points(runs["bc"])}
         dagger_chart(
             series,
             args.out / f"{slug}.png",
