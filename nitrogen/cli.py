@@ -952,6 +952,7 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .runtime.benchmark import EpisodeResult, markdown_table, run_benchmark, summarize, write_results
+    from .runtime.loop import policy_summary
     from .runtime.sources import AGENT_SOURCES, has_policy_for, make_policy
 
     try:
@@ -1000,7 +1001,7 @@ def eval_command(
                 execute=execute,
                 latency_ms=latency_ms,
             )
-        infos = {spec: model.info() for spec, model in models.items()}
+        infos = {spec: policy_summary(model) for spec, model in models.items()}  # never raises
     finally:
         for model in models.values():
             model.close()

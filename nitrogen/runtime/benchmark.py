@@ -234,7 +234,7 @@ def write_results(
     results: Sequence[EpisodeResult], out_dir: Path, policies: Mapping[str, Mapping[str, Any]] | None = None
 ) -> dict[str, Path]:
     """``results.md``, ``results.json`` (summaries, with their chart label, every episode and, when
-    given, each model's ``info()`` under ``policies``: its checkpoint, Euler steps, ...) and
+    given, each model's summary under ``policies``: its checkpoint, Euler steps, ...) and
     ``results.png`` (:func:`bar_chart`), each written atomically: a reader of an earlier evaluation
     in ``out_dir`` sees the old file or the new one, never a torn one."""
     from ..atomic import atomic_write, atomic_write_json
