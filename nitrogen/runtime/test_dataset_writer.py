@@ -176,9 +176,24 @@ def _columns_state(rows: dict, i: int) -> GamepadState:
     return state_from_action(row_to_action({k: v[i] for k, v in rows.items()}))
 
 
+def _gopher_expert_replay(env: Any, seed: int, executed: list[GamepadState]) -> tuple[list[GamepadState], list[bool]]:
+    """The same game replayed by hand: the expert's label on every frame the executed moves led to,
+    and whether each executed move agreed with it."""
+    from nitrogen.runtime.experts import GopherExpert
+
+    expert, frame = GopherExpert(), env.reset(seed=seed)[0]
+    expert.reset(env, seed)
+    labels, agrees = [], []
+    for state in executed:
+        label = expert.act(env, frame)
+        labels.append(label)
+        agrees.append(env.to_env_action(label) == env.to_env_action(state))
+        frame = env.step(state)[0]
+    return labels, agrees
+
+
 def test_the_scripted_labeller_labels_the_states_the_agent_reaches(tmp_path: Path) -> None:
     from nitrogen.gamepad import state_from_action
-    from nitrogen.runtime.experts import GopherExpert
     from nitrogen.runtime.sources import ReplayPolicy
 
     frames, seed = 120, 11
@@ -194,16 +209,7 @@ def test_the_scripted_labeller_labels_the_states_the_agent_reaches(tmp_path: Pat
             label="scripted",
             beta=0.0,
         )
-        # The same game replayed by hand: the expert asked on every frame the agent's moves led to.
-        expert, frame = GopherExpert(), env.reset(seed=seed)[0]
-        expert.reset(env, seed)
-        labels, agrees = [], []
-        for vector in played:
-            executed = state_from_action(vector)
-            label = expert.act(env, frame)
-            labels.append(label)
-            agrees.append(env.to_env_action(label) == env.to_env_action(executed))
-            frame = env.step(executed)[0]
+        labels, agrees = _gopher_expert_replay(env, seed, [state_from_action(v) for v in played])
     rows = load_gameplay(tmp_path / "data")[:]
     assert rows["driver"] == ["policy"] * frames and rows["labeller"] == ["scripted"] * frames
     assert rows["intervention"] == [False] * frames
@@ -348,7 +354,6 @@ def test_the_labeller_works_under_async_real_time_chunking(tmp_path: Path, tiny_
     """While the model drives in async mode with RTC (simulated 50 ms), every row still holds the
     expert's label for the frame the game was in, whichever chunk's action was executed."""
     from nitrogen.inference.session import InferenceSession
-    from nitrogen.runtime.experts import GopherExpert
 
     frames, seed = 60, 4
     policy = _Asking(InferenceSession.from_checkpoint(tiny_ckpt, device="cpu", seed=0))
@@ -360,14 +365,7 @@ def test_the_labeller_works_under_async_real_time_chunking(tmp_path: Path, tiny_
         )  # fmt: skip
         d = 3 - policy.spec.action_shift  # 50 ms is 3 frames; the shift's actions are not the new chunk's
         assert any(r.get("chunking") == "rtc" and r["delay"] == d for r in policy.requests)  # RTC requests went out
-        expert, frame = GopherExpert(), game.reset(seed=seed)[0]
-        expert.reset(game, seed)
-        labels, agrees = [], []
-        for executed in env.executed:
-            label = expert.act(game, frame)
-            labels.append(label)
-            agrees.append(game.to_env_action(label) == game.to_env_action(executed))
-            frame = game.step(executed)[0]
+        labels, agrees = _gopher_expert_replay(game, seed, env.executed)
     rows = load_gameplay(tmp_path / "data")[:]
     assert len(labels) == frames and rows["driver"] == ["policy"] * frames
     for i in range(frames):
