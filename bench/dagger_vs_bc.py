@@ -60,6 +60,11 @@ def main() -> None:
     ap.add_argument("--num-steps", type=int, default=4, help="Euler steps of the model while it plays")
     ap.add_argument("--beta", type=float, default=0.0, help="DAgger's chance that the expert drives, round 0")
     ap.add_argument("--beta-decay", type=float, default=1.0, help="DAgger's round r uses beta * decay**r")
+    ap.add_argument(
+        "--runs",
+        default="dagger,bc",
+        help="which runs to advance (two processes can each take one; a last call with both writes the table)",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/dagger-bench"))
     args = ap.parse_args()
     overrides = [
@@ -75,6 +80,9 @@ def main() -> None:
         *args.overrides,
     ]
     seeds = [int(s) for s in args.eval_seeds.split(",")]
+    wanted = set(args.runs.split(","))
+    if not wanted or not wanted <= {"dagger", "bc"}:
+        ap.error(f"--runs takes dagger, bc or both, not {args.runs!r}")
     results: dict = {
         "machine": machine_info(),
         "load_at_start": os.getloadavg(),
@@ -84,9 +92,10 @@ def main() -> None:
     for game in args.games.split(","):
         slug = game.split(":")[-1].lower()
         started = time.perf_counter()
-        ref = references(game, seeds, args.eval_frames)
         runs = {}
         for name, beta, decay in (("dagger", args.beta, args.beta_decay), ("bc", 1.0, 1.0)):
+            if name not in wanted:
+                continue
             config = DaggerConfig(
                 env=game,
                 init=args.init,
@@ -105,6 +114,9 @@ def main() -> None:
                 num_steps=args.num_steps,
             )
             runs[name] = run_dagger(config, args.out / slug / name)
+        if wanted != {"dagger", "bc"}:
+            continue  # one run of a pair advanced: the table needs both
+        ref = references(game, seeds, args.eval_frames)
         runs["bc"]["init_eval"] = runs["dagger"]["init_eval"]
         schedule = f"beta {args.beta:g}" + (f" x {args.beta_decay:g}^round" if args.beta_decay != 1 else "")
         series = {f"DAgger ({schedule})": _points(runs["dagger"]), "behaviour cloning (beta 1)": _points(runs["bc"])}
@@ -116,8 +128,9 @@ def main() -> None:
         results["games"][game] = {"references": ref, "runs": runs, "wall_s": time.perf_counter() - started}
         results["load_at_end"] = os.getloadavg()
         atomic_write_json(args.out / "results.json", results)
-    atomic_write(args.out / "results.md", table(results))
-    print(table(results))
+    if results["games"]:
+        atomic_write(args.out / "results.md", table(results))
+        print(table(results))
 
 
 def table(results: dict) -> str:
