@@ -39,7 +39,9 @@ without one, as in naive chunking.
 never waits; the policy runs synchronously when asked, and its result becomes usable exactly
 ``ceil(latency_ms * fps / 1000)`` frames after the request frame, however long it really took. A
 run is then deterministic for a seed. ``in_flight`` > 1 (simulated mode only) asks every ``s``
-frames without waiting for the previous answer (pipelined requests). In sync mode the game waits
+frames without waiting for the previous answer (pipelined requests); a pipelined request's prefix
+comes from the policy's previous output, which a server has computed by the time the request
+reaches it, though the client has not received it yet. In sync mode the game waits
 anyway, so ``latency_ms`` only sets :attr:`EpisodeStats.simulated_s` (real time spent, thinking included).
 """
 
@@ -285,10 +287,15 @@ class _Planner:
         p90 = float(np.percentile(np.asarray(self.latency_frames, dtype=np.float64), 90))
         return max(0, math.ceil(p90 - 1e-9) - self.ep.shift)
 
-    def request(self, observed_at: int) -> dict[str, Any]:
-        """The keyword arguments of ``policy.predict`` for a frame observed at ``observed_at``."""
+    def request(self, observed_at: int, computed: _Chunk | None = None) -> dict[str, Any]:
+        """The keyword arguments of ``policy.predict`` for a frame observed at ``observed_at``.
+
+        The prefix comes from the newest chunk received, or from ``computed``, the policy's own
+        previous output when it is newer (pipelined requests: what a server holds by the time the
+        next request reaches it, while the client has not received it yet).
+        """
         ep = self.ep
-        base = ep.pending or ep.current
+        base = computed or ep.pending or ep.current
         if self.mode == "naive" or base is None or base.actions is None:
             return {}
         offset = observed_at + ep.shift - base.start  # the new chunk's action 0 is base's action `offset`
@@ -296,10 +303,12 @@ class _Planner:
             return {}
         prefix = np.ascontiguousarray(base.actions[offset:], dtype=np.float32)
         d = self.delay()
-        if d >= len(prefix):
-            # The new chunk arrives after the newest one has run out: no action of the prefix would
-            # run from the new chunk, and guiding the new chunk towards a plan that old only pulls it
-            # away from its own observation (the paper needs d <= H - s). Ask as naive chunking does.
+        if d > len(prefix):
+            # The new chunk arrives after the newest one has run out, with starved frames between:
+            # no action of the prefix would run from the new chunk, and guiding the new chunk
+            # towards a plan that old only pulls it away from its own observation (the paper needs
+            # d <= H - s). Ask as naive chunking does. At d == k the old chunk plays up to the new
+            # one's arrival, and freezing all k actions joins the new chunk to it.
             return {}
         if ep.config.rtc_window is not None:
             prefix = prefix[: d + ep.config.rtc_window]  # a shorter soft window: RTC's mask ends with the prefix
@@ -584,6 +593,13 @@ class _SimulatedPredictor:
     def in_flight(self) -> int:
         return len(self._queue)
 
+    def newest(self) -> tuple[ActionChunk, int] | None:
+        """The newest result computed but not yet usable, with its request frame (or None)."""
+        if not self._queue:
+            return None
+        _, chunk, requested, _ = self._queue[-1]
+        return chunk, requested
+
     def submit(self, frame: np.ndarray, frame_index: int, kwargs: dict[str, Any] | None = None) -> None:
         started = time.perf_counter()
         chunk = self.policy.predict(frame, **(kwargs or {}))
@@ -613,8 +629,16 @@ def _run_async(ep: _Episode) -> None:
     predictor: Any = _SimulatedPredictor(ep.policy, ep.latency_frames) if simulated else _Predictor(ep.policy)
     planner = _Planner(ep, ep.stats.chunking)
     pipelined = ep.config.in_flight > 1
+
+    def request(f: int) -> dict[str, Any]:
+        computed = predictor.newest() if pipelined else None  # pipelining exists in simulated time only
+        if computed is None:
+            return planner.request(f)
+        chunk, observed_at = computed
+        return planner.request(f, _Chunk([], observed_at + ep.shift, -1, chunk.action_tensor))
+
     try:
-        predictor.submit(ep.observe(), ep.stats.frames, planner.request(ep.stats.frames))
+        predictor.submit(ep.observe(), ep.stats.frames, request(ep.stats.frames))
         next_request: int | None = ep.stats.frames + ep.per_chunk if pipelined else None
         clock.restart()
 
@@ -636,7 +660,7 @@ def _run_async(ep: _Episode) -> None:
             due = next_request is not None and ep.stats.frames >= next_request
             if due and predictor.in_flight < ep.config.in_flight:
                 f = ep.stats.frames
-                predictor.submit(ep.observe(), f, planner.request(f))
+                predictor.submit(ep.observe(), f, request(f))
                 next_request = f + ep.per_chunk if pipelined else None
                 if simulated:
                     collect()  # a result with no latency is usable on its own request frame

@@ -302,11 +302,42 @@ def test_simulated_latency_switches_on_the_frame_the_latency_implies(breakout, l
         base = policy.chunks[c - 1]
         offset = policy.observed[c] + shift - (policy.observed[c - 1] + shift)
         d = max(lag - shift, 0)
-        if d >= 18 - offset:
+        if d > 18 - offset:
             assert sent == {}  # the newest chunk runs out before this one arrives: nothing to join
             continue
         np.testing.assert_array_equal(sent["prefix"], base[offset:])
         assert sent["delay"] == d and sent["chunking"] == "rtc"
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_pipelined_requests_take_the_prefix_from_the_policys_previous_output(breakout, shift):
+    """Two in flight at 200 ms (12 frames), one request every 6: when a request goes out, the
+    previous one's chunk is computed but not received. Its actions on the new grid are the prefix,
+    with ``d = 12 - shift`` frozen; with no shift that is all of them (d == k: the old chunk plays
+    right up to the new one's arrival), and the prefix is still sent. No frame starves after the
+    first chunk."""
+    from nitrogen.runtime.loop import run_episode
+
+    env = _Counting(breakout)
+    policy = _PrefixTagged(env, horizon=18, shift=shift)
+    steps = _Steps()
+    config = PlayConfig(mode="async", max_frames=150, chunking="prefix", execute=6, latency_ms=200, in_flight=2)
+    stats = run_episode(env, policy, config, [steps])
+    assert policy.requests[0] == {} and len(policy.requests) >= 20
+    d = 12 - shift
+    with_prefix = 0
+    for c in range(1, len(policy.requests)):
+        sent = policy.requests[c]
+        offset = policy.observed[c] - policy.observed[c - 1]
+        assert offset == 6
+        if c == 1:  # sent before the first arrival, so before any latency is measured: d = 0
+            assert sent["delay"] == 0
+        else:
+            assert sent["delay"] == d
+        np.testing.assert_array_equal(sent["prefix"], policy.chunks[c - 1][offset:])
+        with_prefix += 1
+    assert with_prefix == len(policy.requests) - 1
+    assert stats.starved == 12  # only the frames before the first chunk arrives
 
 
 def test_rtc_window_caps_the_prefix_past_the_frozen_actions(breakout):
