@@ -87,7 +87,7 @@ class DesktopGameEnv:
             self.resume()
             self.pad.send(NEUTRAL)
         finally:
-            for part in (self.pad, self.capture):
+            for part in (self.pauser, self.pad, self.capture):
                 close = getattr(part, "close", None)
                 if close is not None:
                     close()

@@ -14,9 +14,10 @@ talks to the X server:
   while sending releases everything before it propagates. (An XTEST press outlives its client:
   the X server keeps the key down after the connection closes, so this matters.) A signal that
   ends the process with no cleanup can leave a key down: ``SIGKILL``, and ``SIGTERM``/``SIGHUP``
-  unless handled (``nitrogen play`` turns them into Ctrl-C). ``xdotool keyup`` or a new pad's
-  :meth:`release_all` lifts it. Each :meth:`send` ends with a round trip, so when it returns the
-  server has applied its events.
+  unless handled (``nitrogen play`` turns them into Ctrl-C), and for those a
+  :class:`~nitrogen.desktop.guardian.Guardian` (a watchdog child, dismissed by :meth:`close`)
+  releases the map's keys and buttons that are down once this process is gone. Each :meth:`send`
+  ends with a round trip, so when it returns the server has applied its events.
 * **Focus.** Without a window manager (e.g. under Xvfb) no window gets the keyboard focus, so before
   sending keys the pad sets the input focus on the game's window itself whenever the focus is not
   already on it or inside it. Under a window manager it asks once for the window to be activated
@@ -32,6 +33,7 @@ from typing import Any
 
 from ..gamepad import NEUTRAL, GamepadState
 from .errors import DisplayUnavailableError, PadUnavailableError
+from .guardian import Guardian
 from .keymap import MOUSE_BUTTONS, KeyMap, load_keymap
 
 __all__ = ["KeyboardMousePad", "keys_down"]
@@ -61,7 +63,8 @@ class KeyboardMousePad:
 
     ``window`` is the game's X window id (from :func:`~nitrogen.desktop.capture.find_window`); it
     gets the input focus (see the module docstring) and, for a map with mouse bindings, the pointer
-    starts at its centre. ``keymap`` is a :class:`KeyMap`, a preset name or a file.
+    starts at its centre. ``keymap`` is a :class:`KeyMap`, a preset name or a file. ``guard``
+    starts the guardian that releases the keys if this process is killed.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class KeyboardMousePad:
         window: int | None = None,
         display: str | None = None,
         focus: bool = True,
+        guard: bool = True,
     ) -> None:
         from Xlib import XK
 
@@ -108,6 +112,8 @@ class KeyboardMousePad:
         self._carry = [0.0, 0.0]
         self._closed = False
         self._finalizer = weakref.finalize(self, _release, self._disp, self._held)
+        codes = [str(code) if kind == "key" else f"button:{code}" for kind, code in self._codes.values()]
+        self._guardian: Guardian | None = Guardian(["keys", self._disp.get_display_name(), *codes]) if guard else None
         if self.keymap.mouse is not None or any(b in MOUSE_BUTTONS for b in self.keymap.bindings()):
             self._warp_to_window()
 
@@ -235,6 +241,9 @@ class KeyboardMousePad:
         finally:
             self._finalizer.detach()
             self._disp.close()
+            if self._guardian is not None:
+                self._guardian.dismiss()
+                self._guardian = None
 
     def __enter__(self) -> KeyboardMousePad:  # noqa: PYI034 (typing.Self needs 3.11; we support 3.10)
         return self

@@ -13,6 +13,10 @@ Use the pauser as a context manager so that the game is never left frozen::
                 chunk = policy.predict(frame)
             play(chunk)
     # on any exit, including an exception, the process is running again
+
+Even a ``SIGKILL`` of this process, which runs no cleanup, does not leave the game stopped: the
+first :meth:`ProcessPauser.pause` starts a :class:`~nitrogen.desktop.guardian.Guardian`, a watchdog
+child that sends ``SIGCONT`` if this process dies before :meth:`ProcessPauser.close`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from .errors import PlatformNotSupportedError, ProcessNotFoundError
+from .guardian import Guardian, start_time
 
 __all__ = ["Pauser", "ProcessPauser", "process_state"]
 
@@ -61,7 +66,7 @@ class Pauser(Protocol):
 class ProcessPauser:
     """Pause/resume one process (POSIX: ``SIGSTOP``/``SIGCONT``); idempotent, resumes on exit."""
 
-    def __init__(self, pid: int, *, settle_s: float = 1.0) -> None:
+    def __init__(self, pid: int, *, settle_s: float = 1.0, guard: bool = True) -> None:
         if sys.platform == "win32" or not hasattr(signal, "SIGSTOP"):
             raise PlatformNotSupportedError(
                 "ProcessPauser needs POSIX signals (SIGSTOP/SIGCONT); on Windows use "
@@ -73,6 +78,8 @@ class ProcessPauser:
             raise ValueError("refusing to pause the current process: it could never resume itself")
         self.pid = pid
         self.settle_s = settle_s
+        self.guard = guard
+        self._guardian: Guardian | None = None
         self._paused = False
 
     @property
@@ -89,9 +96,13 @@ class ProcessPauser:
         """
         if self._paused:
             return
+        if self.guard and self._guardian is None:
+            started = start_time(self.pid)  # so that a reused PID is left alone
+            self._guardian = Guardian(["cont", self.pid, *([started] if started else [])])  # if we are killed
         try:
             os.kill(self.pid, signal.SIGSTOP)
         except ProcessLookupError:
+            self.close()
             raise ProcessNotFoundError(f"cannot pause PID {self.pid}: no such process") from None
         self._paused = True
         deadline = time.monotonic() + self.settle_s
@@ -112,6 +123,15 @@ class ProcessPauser:
         except ProcessLookupError:
             pass
 
+    def close(self) -> None:
+        """Resume the process and dismiss the guardian; idempotent (``with`` calls it)."""
+        try:
+            self.resume()
+        finally:
+            if self._guardian is not None:
+                self._guardian.dismiss()
+                self._guardian = None
+
     @contextmanager
     def paused(self) -> Iterator[ProcessPauser]:
         """Paused inside the ``with`` block, resumed after it (also on exceptions)."""
@@ -127,7 +147,7 @@ class ProcessPauser:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.resume()
+        self.close()
 
     def __repr__(self) -> str:
         return f"ProcessPauser(pid={self.pid}, paused={self._paused})"

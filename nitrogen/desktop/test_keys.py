@@ -137,6 +137,50 @@ def test_a_dropped_pad_releases_its_keys(xvfb: str, listener: Listener) -> None:
     assert keys_down(["Right"], display=xvfb) == set()
 
 
+_HOLD_AND_HANG = """
+import sys, time
+from nitrogen.desktop.keys import KeyboardMousePad
+from nitrogen.gamepad import GamepadState
+pad = KeyboardMousePad("arrows", window=int(sys.argv[2]), display=sys.argv[1])
+pad.send(GamepadState(buttons=frozenset({"DPAD_RIGHT", "DPAD_UP"})))
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_sigkilled_pad_has_its_keys_released_by_its_guardian(xvfb: str, listener: Listener) -> None:
+    """SIGKILL runs no finalizer; the guardian child sees the pipe close and releases the keys."""
+    import subprocess
+    import sys
+
+    player = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AND_HANG, xvfb, str(listener.window.id)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert player.stdout.readline().strip() == "held"
+        assert sorted(listener.events(2)) == [("key", "Right", 1), ("key", "Up", 1)]
+        assert keys_down(["Right", "Up"], display=xvfb) == {"Right", "Up"}
+        player.kill()
+        player.wait(timeout=10)
+        assert sorted(listener.events(2)) == [("key", "Right", 0), ("key", "Up", 0)]
+        assert keys_down(["Right", "Up", "Left", "Down"], display=xvfb) == set()
+    finally:
+        player.kill()
+        player.wait(timeout=10)
+
+
+def test_a_closed_pad_dismisses_its_guardian(xvfb: str, listener: Listener) -> None:
+    """After close() the guardian is gone: it cannot release a key someone else holds later."""
+    import psutil
+
+    pad = KeyboardMousePad("arrows", window=listener.window.id, display=xvfb)
+    guardian = pad._guardian.pid
+    assert psutil.pid_exists(guardian)
+    pad.close()
+    assert not psutil.pid_exists(guardian)
+    assert KeyboardMousePad("arrows", display=xvfb, guard=False)._guardian is None
+
+
 def test_send_returns_once_the_server_has_the_events(xvfb: str, listener: Listener) -> None:
     """A busy X server that reads its socket late must not lose a release (python-xlib's flush()
     gives up when the socket is not writable at once, and close() drops what is left): send()

@@ -55,6 +55,7 @@ def test_pause_then_resume(child: subprocess.Popen[bytes]) -> None:
     pauser.resume()
     assert not pauser.is_paused
     assert wait_status(child.pid, RUNNING) in RUNNING
+    pauser.close()
 
 
 def test_context_manager_resumes_on_error(child: subprocess.Popen[bytes]) -> None:
@@ -65,6 +66,66 @@ def test_context_manager_resumes_on_error(child: subprocess.Popen[bytes]) -> Non
         pauser.pause()
         raise RuntimeError("boom")
     assert not pauser.is_paused
+    assert wait_status(child.pid, RUNNING) in RUNNING
+
+
+_PAUSE_AND_HANG = """
+import sys, time
+from nitrogen.desktop.pause import ProcessPauser
+pauser = ProcessPauser(int(sys.argv[1]))
+pauser.pause()
+print("paused", pauser._guardian.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_sigkilled_pauser_leaves_the_game_running(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL runs no cleanup; the guardian child sees the pipe close and sends SIGCONT."""
+    player = subprocess.Popen(
+        [sys.executable, "-c", _PAUSE_AND_HANG, str(child.pid)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = player.stdout.readline().split()
+        assert line[0] == "paused", line
+        guardian = int(line[1])
+        assert wait_status(child.pid, {psutil.STATUS_STOPPED}) == psutil.STATUS_STOPPED
+        player.kill()
+        player.wait(timeout=10)
+        assert wait_status(child.pid, RUNNING, timeout=10) in RUNNING
+        try:
+            psutil.Process(guardian).wait(timeout=10)  # its job done, the guardian exits
+        except psutil.NoSuchProcess:
+            pass
+    finally:
+        player.kill()
+        player.wait(timeout=10)
+
+
+def test_a_dismissed_guardian_touches_nothing(child: subprocess.Popen[bytes]) -> None:
+    from nitrogen.desktop.guardian import Guardian, start_time
+
+    os.kill(child.pid, signal.SIGSTOP)  # stopped by someone else: the guardian must leave it so
+    assert wait_status(child.pid, {psutil.STATUS_STOPPED}) == psutil.STATUS_STOPPED
+    guardian = Guardian(["cont", child.pid, start_time(child.pid)])
+    guardian.dismiss()  # returns once the guardian has exited
+    guardian.dismiss()
+    assert psutil.Process(child.pid).status() == psutil.STATUS_STOPPED
+
+
+def test_the_guardian_leaves_a_reused_pid_alone(child: subprocess.Popen[bytes]) -> None:
+    """A start time that no longer matches means the PID now names another process."""
+    from nitrogen.desktop.guardian import Guardian
+
+    os.kill(child.pid, signal.SIGSTOP)
+    assert wait_status(child.pid, {psutil.STATUS_STOPPED}) == psutil.STATUS_STOPPED
+    guardian = Guardian(["cont", child.pid, "1"])  # started at tick 1 after boot: not this process
+    assert guardian._proc is not None and guardian._proc.stdin is not None
+    guardian._proc.stdin.close()  # end-of-file, as when the parent dies
+    guardian._proc.wait(timeout=10)
+    assert psutil.Process(child.pid).status() == psutil.STATUS_STOPPED
+    guardian = Guardian(["cont", child.pid])  # and without a start time it resumes it
+    guardian._proc.stdin.close()
+    guardian._proc.wait(timeout=10)
     assert wait_status(child.pid, RUNNING) in RUNNING
 
 
