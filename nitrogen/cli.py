@@ -78,6 +78,14 @@ ExecuteOption = Annotated[
 LatencyOption = Annotated[
     float | None, typer.Option(help="Simulated latency: the game runs in simulated time (see README).", min=0)
 ]
+InFlightOption = Annotated[
+    int,
+    typer.Option(
+        "--in-flight",
+        help="With --latency-ms: requests in flight at once (pipelined, one every --execute frames).",
+        min=1,
+    ),
+]
 
 
 @app.command()
@@ -387,6 +395,7 @@ def play_command(
     chunking: ChunkingOption = None,
     execute: ExecuteOption = None,
     latency_ms: LatencyOption = None,
+    in_flight: InFlightOption = 1,
 ) -> None:
     """Let the agent play a game through a virtual gamepad, and record the run.
 
@@ -423,6 +432,7 @@ def play_command(
             chunking=chunking,
             execute=execute,
             latency_ms=latency_ms,
+            in_flight=in_flight,
         )
     except (ValidationError, ValueError, OSError, TypeError) as exc:
         _fail(ValueError(f"invalid play settings: {exc}"))
@@ -945,10 +955,13 @@ def eval_command(
     chunking: ChunkingOption = None,
     execute: ExecuteOption = None,
     latency_ms: LatencyOption = None,
+    in_flight: InFlightOption = 1,
 ) -> None:
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
     _check_mode(mode)
     _check_chunking(chunking)
+    if in_flight > 1 and latency_ms is None:
+        _fail(ValueError("--in-flight above 1 needs --latency-ms: pipelined requests exist in simulated time only"))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .runtime.benchmark import EpisodeResult, markdown_table, run_benchmark, summarize, write_results
@@ -1000,6 +1013,7 @@ def eval_command(
                 chunking=chunking,
                 execute=execute,
                 latency_ms=latency_ms,
+                in_flight=in_flight,
             )
         infos = {spec: policy_summary(model) for spec, model in models.items()}  # never raises
     finally:

@@ -261,3 +261,30 @@ def test_play_and_eval_take_chunking_execute_and_simulated_latency(tiny_ckpt, tm
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert [e["length"] for e in doc["episodes"]] == [18]
     assert doc["policies"][f"ckpt:{tiny_ckpt}"]["num_steps"] == 3  # --steps reached the model
+
+
+def test_in_flight_pipelines_simulated_requests_in_play_and_eval(tiny_ckpt, tmp_path):
+    """At 200 ms (12 frames) an 18-action chunk cannot last until the next one arrives when the
+    next request waits for it; two in flight (one every 6 frames) keep a chunk playing, and each
+    request's prefix comes from the previous one's output."""
+    args = ["play", "--env", "ale:Breakout", "--ckpt", str(tiny_ckpt), "--mode", "async", "--max-frames", "72"]
+    args += ["--chunking", "prefix", "--execute", "6", "--latency-ms", "200", "--seed", "0", "--no-video"]
+    episodes = {}
+    for n in (1, 2):
+        result = runner.invoke(app, [*args, "--in-flight", str(n), "--out", str(tmp_path / f"x{n}")])
+        assert result.exit_code == 0, result.output
+        [run_dir] = list((tmp_path / f"x{n}").iterdir())
+        episodes[n] = json.loads((run_dir / "episode.json").read_text())
+    assert episodes[2]["starved_frames"] == 12  # only the 12 frames before the first chunk arrives
+    assert episodes[1]["starved_frames"] > episodes[2]["starved_frames"] + 20
+    assert "delay_mean" not in episodes[1]  # one in flight: the old chunk has run out, nothing to join
+    # Requests at frames 6, 12, ..., 66 carry a prefix: the first before any latency is measured
+    # (d = 0), the other ten with d = 12 frames - the shift of 1.
+    assert episodes[2]["delay_mean"] == (0 + 10 * 11) / 11
+    ev = ["eval", "--env", "ale:Breakout", "--policy", f"ckpt:{tiny_ckpt}", "--no-baselines", "--episodes", "1"]
+    bad = runner.invoke(app, [*ev, "--in-flight", "2", "--out", str(tmp_path / "ev")])
+    assert bad.exit_code == 1 and "--in-flight above 1 needs --latency-ms" in bad.output
+    ev += ["--max-frames", "36", "--mode", "async", "--latency-ms", "200", "--in-flight", "2", "--execute", "6"]
+    result = runner.invoke(app, [*ev, "--steps", "2", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    assert [e["length"] for e in json.loads((tmp_path / "ev" / "results.json").read_text())["episodes"]] == [36]

@@ -74,11 +74,12 @@ def run_one(
     chunking: Literal["naive", "prefix", "rtc"] | None = None,
     execute: int | None = None,
     latency_ms: float | None = None,
+    in_flight: int = 1,
 ) -> tuple[float, int, float]:
     """One episode through the episode loop (sync by default): (score, length, median prediction ms).
 
-    ``presses``, when given, counts the buttons of every played frame. ``chunking``, ``execute`` and
-    ``latency_ms`` are those of :class:`~nitrogen.runtime.loop.PlayConfig`.
+    ``presses``, when given, counts the buttons of every played frame. ``chunking``, ``execute``,
+    ``latency_ms`` and ``in_flight`` are those of :class:`~nitrogen.runtime.loop.PlayConfig`.
     """
     config = PlayConfig(
         mode=mode,
@@ -88,6 +89,7 @@ def run_one(
         chunking=chunking,
         execute=execute,
         latency_ms=latency_ms,
+        in_flight=in_flight,
     )
     observer = PressRateObserver()
     stats = run_episode(env, policy, config, [observer], seed=seed)
@@ -110,6 +112,7 @@ def run_benchmark(
     chunking: Literal["naive", "prefix", "rtc"] | None = None,
     execute: int | None = None,
     latency_ms: float | None = None,
+    in_flight: int = 1,
 ) -> list[EpisodeResult]:
     """Play every contender on every game and seed, each episode through the one episode loop.
 
@@ -120,8 +123,9 @@ def run_benchmark(
     skipped. ``actions_per_chunk`` is the policies' receding horizon (see
     :class:`~nitrogen.runtime.loop.PlayConfig`). ``on_episode`` is called after every episode (progress).
     ``mode="async"`` plays on the game's clock while the policy thinks, so a slow policy scores what
-    it would score live; the default, sync, scores the policy alone. ``chunking``, ``execute`` and
-    ``latency_ms`` (simulated latency) are those of :class:`~nitrogen.runtime.loop.PlayConfig`.
+    it would score live; the default, sync, scores the policy alone. ``chunking``, ``execute``,
+    ``latency_ms`` (simulated latency) and ``in_flight`` are those of
+    :class:`~nitrogen.runtime.loop.PlayConfig`.
     """
     if make_env is None:
         from ..envs import make_env
@@ -147,6 +151,7 @@ def run_benchmark(
                         chunking=chunking,
                         execute=execute,
                         latency_ms=latency_ms,
+                        in_flight=in_flight,
                     )
                     results.append(EpisodeResult(env_id, name, seed, score, length, latency, presses.rates()))
                     if on_episode is not None:
