@@ -29,6 +29,8 @@ Modes:
 * ``prefix-x2``, ``rtc-x2``: the same pipelining with prefix or RTC chunking. A pipelined request's
   prefix is the policy's previous output (a server has computed it when the request reaches it; the
   client receives it only later), so the new chunk joins the chunk that will actually be playing.
+* ``naive-x4``, ``rtc-x4``: four in flight; at 200 ms (12 frames) that is one request every 3
+  frames, the card's execution horizon, so the agent replans as often as it does without latency.
 
 The execution horizon is the card's ``actions_per_chunk`` (3), the same for every mode; with one
 request in flight the next chunk is asked for as soon as the newest has arrived and ``s`` actions
@@ -62,7 +64,7 @@ from nitrogen.model.card import load_card
 from nitrogen.runtime.loop import PlayConfig, SwitchStats, run_episode
 from nitrogen.runtime.sources import make_policy
 
-MODES = ("sync", "naive", "prefix", "rtc", "naive-x2", "prefix-x2", "rtc-x2")
+MODES = ("sync", "naive", "prefix", "rtc", "naive-x2", "prefix-x2", "rtc-x2", "naive-x4", "rtc-x4")
 FPS = 60.0
 
 
@@ -73,7 +75,8 @@ def cell_config(
     ``rtc_beta`` of the prefix and rtc modes (default: the paper's)."""
     if mode == "sync":
         return PlayConfig(mode="sync", max_frames=frames, video=False, actions_per_chunk=execute, latency_ms=0.0)
-    chunking, in_flight = (mode.removesuffix("-x2"), 2) if mode.endswith("-x2") else (mode, 1)
+    chunking, _, copies = mode.partition("-x")
+    in_flight = int(copies) if copies else 1
     if in_flight > 1:
         # Space the requests so that `in_flight` of them cover the latency: a chunk then plays until
         # the next arrives (decided from the latency alone, not tuned on any seed).
@@ -120,7 +123,8 @@ def realtime_fraction(frames: int, chunks: int, latency_ms: float) -> float:
 def cells(modes: list[str], latencies: list[float], rtc_at_zero: bool = True) -> list[tuple[str, float]]:
     """The (mode, latency) cells to play: sync once (at 0), the async modes at every latency but 0
     (async naive and prefix at zero latency are the sync episode; rtc at 0 still guides the overlap
-    towards the current chunk, so it is played), the -x2 modes only where one request cannot cover."""
+    towards the current chunk, so it is played), the pipelined -xN modes only where one request cannot
+    cover."""
     out: list[tuple[str, float]] = []
     for mode in modes:
         if mode == "sync":
@@ -129,7 +133,7 @@ def cells(modes: list[str], latencies: list[float], rtc_at_zero: bool = True) ->
         for lat in latencies:
             if lat == 0 and (mode != "rtc" or not rtc_at_zero):
                 continue  # async naive and prefix at zero latency play the sync episode exactly
-            if mode.endswith("-x2") and lat < 150:
+            if "-x" in mode and lat < 150:
                 continue
             out.append((mode, lat))
     return out
