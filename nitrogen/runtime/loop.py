@@ -32,8 +32,8 @@ freezes those ``d`` actions; ``rtc`` also guides the rest of the overlap towards
 ``execute`` is the execution horizon ``s``: the next chunk is asked for so that its first action
 falls after ``s`` actions of the current chunk (``execute`` defaults to ``actions_per_chunk``).
 One chunk lasts until the next arrives only while ``s + d <= H``; past that, frames starve. A
-request whose delay covers the whole prefix (nothing of it would run from the new chunk) is sent
-without one, as in naive chunking.
+request whose delay is longer than the prefix (the old chunk runs out, and frames starve, before
+the new one arrives) is sent without one, as in naive chunking.
 
 **Simulated latency** (``latency_ms``): the game advances one frame per step of simulated time and
 never waits; the policy runs synchronously when asked, and its result becomes usable exactly
