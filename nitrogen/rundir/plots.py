@@ -48,7 +48,10 @@ _SMOOTH_MIN_POINTS = 50
 _EVAL_TITLE = "mean score per game (whisker: std over episodes)"
 _TRAIN_COLOUR, _EVAL_COLOUR = "#1f77b4", "#d62728"
 _BASELINE_COLOURS = {"random": "#b0b0b0", "scripted": "#505050"}
-_POLICY_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_POLICY_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    "#e377c2", "#17becf", "#bcbd22", "#393b79", "#843c39", "#637939",
+)  # fmt: skip
 
 
 def _new_figure(width_px: int, height_px: int) -> Any:

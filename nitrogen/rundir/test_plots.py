@@ -148,3 +148,10 @@ def test_latency_chart_has_a_panel_per_game_and_a_line_per_mode(tmp_path: Path) 
     assert _no_temp_files(tmp_path)
     with pytest.raises(ValueError, match="at least one point"):
         latency_figure([])
+
+
+def test_every_mode_of_the_latency_benchmark_gets_its_own_colour() -> None:
+    modes = ("sync", "naive", "prefix", "rtc", "naive-x2", "prefix-x2", "rtc-x2", "naive-x4", "rtc-x4")
+    points = [LatencyPoint("ale:Gopher", mode, 200.0, 1.0, 0.0) for mode in modes]
+    colours = [line.get_color() for line in latency_figure(points).axes[0].get_lines()]
+    assert len(colours) == len(modes) and len(set(colours)) == len(modes)
