@@ -30,7 +30,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-__all__ = ["Guardian", "start_time"]
+__all__ = ["Guardian"]
 
 _DISMISS = b"x"
 
@@ -75,18 +75,9 @@ class Guardian:
         return f"Guardian(job={self.job!r}, pid={self.pid})"
 
 
-def start_time(pid: int) -> str | None:
-    """The start time of ``pid`` in clock ticks since boot (``/proc``, Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()  # after "PID (comm) ": state is field 3
-    return fields[19].decode() if len(fields) > 19 else None
-
-
 def _resume(pid: int, started: str | None) -> None:
+    from .pause import start_time
+
     if started is not None and start_time(pid) not in (None, started):
         return  # another process has this PID now
     try:

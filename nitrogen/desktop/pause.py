@@ -31,9 +31,21 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from .errors import PlatformNotSupportedError, ProcessNotFoundError
-from .guardian import Guardian, start_time
+from .guardian import Guardian
 
-__all__ = ["Pauser", "ProcessPauser", "process_state"]
+__all__ = ["Pauser", "ProcessPauser", "process_state", "start_time"]
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` (Linux) from the third on (state first); empty where
+    there is no such file (another OS, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return []
+    # "PID (comm) S ...": comm may hold spaces and parentheses, so split after the last ')'.
+    return stat[stat.rfind(b")") + 2 :].split()
 
 
 def process_state(pid: int) -> str | None:
@@ -41,14 +53,15 @@ def process_state(pid: int) -> str | None:
 
     None where there is no such file (another OS, or the process is gone).
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # "PID (comm) S ...": comm may hold spaces and parentheses, so split after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
+    fields = _stat_fields(pid)
     return fields[0].decode() if fields else None
+
+
+def start_time(pid: int) -> str | None:
+    """When ``pid`` started, in clock ticks since boot (field 22 of ``/proc/PID/stat``), or None:
+    with the PID it names one process, even after the PID is reused."""
+    fields = _stat_fields(pid)
+    return fields[19].decode() if len(fields) > 19 else None
 
 
 @runtime_checkable

@@ -102,7 +102,8 @@ def test_a_sigkilled_pauser_leaves_the_game_running(child: subprocess.Popen[byte
 
 
 def test_a_dismissed_guardian_touches_nothing(child: subprocess.Popen[bytes]) -> None:
-    from nitrogen.desktop.guardian import Guardian, start_time
+    from nitrogen.desktop.guardian import Guardian
+    from nitrogen.desktop.pause import start_time
 
     os.kill(child.pid, signal.SIGSTOP)  # stopped by someone else: the guardian must leave it so
     assert wait_status(child.pid, {psutil.STATUS_STOPPED}) == psutil.STATUS_STOPPED
