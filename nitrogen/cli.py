@@ -36,6 +36,11 @@ def _check_mode(mode: str) -> None:
         _fail(ValueError(f"--mode must be sync or async, got {mode!r}"))
 
 
+def _check_in_flight(in_flight: int, latency_ms: float | None) -> None:
+    if in_flight > 1 and latency_ms is None:
+        _fail(ValueError("--in-flight above 1 needs --latency-ms: pipelined requests exist in simulated time only"))
+
+
 def _check_chunking(chunking: str | None) -> None:
     if chunking is not None and chunking not in ("naive", "prefix", "rtc"):
         _fail(ValueError("--chunking must be naive, prefix or rtc"))
@@ -407,6 +412,7 @@ def play_command(
     from .runtime.sources import make_policy
 
     _check_chunking(chunking)
+    _check_in_flight(in_flight, latency_ms)
     targets = [t for t in (env, process, pid) if t is not None]
     sources = [s for s in (server, port, ckpt, replay) if s is not None]
     if not targets and not sources:
@@ -960,8 +966,7 @@ def eval_command(
     """Benchmark policies on fixed seeds against the random policy and the scripted expert."""
     _check_mode(mode)
     _check_chunking(chunking)
-    if in_flight > 1 and latency_ms is None:
-        _fail(ValueError("--in-flight above 1 needs --latency-ms: pipelined requests exist in simulated time only"))
+    _check_in_flight(in_flight, latency_ms)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .runtime.benchmark import EpisodeResult, markdown_table, run_benchmark, summarize, write_results

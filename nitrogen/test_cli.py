@@ -281,6 +281,9 @@ def test_in_flight_pipelines_simulated_requests_in_play_and_eval(tiny_ckpt, tmp_
     # Requests at frames 6, 12, ..., 66 carry a prefix: the first before any latency is measured
     # (d = 0), the other ten with d = 12 frames - the shift of 1.
     assert episodes[2]["delay_mean"] == (0 + 10 * 11) / 11
+    live = [a for a in args if a not in ("--latency-ms", "200")]
+    bad = runner.invoke(app, [*live, "--in-flight", "2", "--out", str(tmp_path / "live")])
+    assert bad.exit_code == 1 and "--in-flight above 1 needs --latency-ms" in bad.output
     ev = ["eval", "--env", "ale:Breakout", "--policy", f"ckpt:{tiny_ckpt}", "--no-baselines", "--episodes", "1"]
     bad = runner.invoke(app, [*ev, "--in-flight", "2", "--out", str(tmp_path / "ev")])
     assert bad.exit_code == 1 and "--in-flight above 1 needs --latency-ms" in bad.output
