@@ -24,6 +24,7 @@ cleans up and dismisses it, and not the guardian.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +32,8 @@ import sys
 from collections.abc import Sequence
 
 __all__ = ["Guardian"]
+
+log = logging.getLogger("nitrogen.desktop.guardian")
 
 _DISMISS = b"x"
 
@@ -43,12 +46,25 @@ class Guardian:
         if not args or args[0] not in ("cont", "keys"):
             raise ValueError(f"a guardian's job is 'cont PID' or 'keys DISPLAY CODE...', got {args!r}")
         self.job = args
+        # The child imports this module as the parent found it, however the parent's path was set.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             [sys.executable, "-m", __name__, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,  # a terminal's Ctrl-C goes to the parent, which dismisses us
         )
+
+    @classmethod
+    def start(cls, job: Sequence[str | int]) -> Guardian | None:
+        """A guardian for ``job``, or None (with a warning) where no child process can be started:
+        the game is then played unguarded rather than not at all."""
+        try:
+            return cls(job)
+        except OSError as exc:
+            log.warning("no guardian for %s (%s): a SIGKILL of this process would not undo it", job[0], exc)
+            return None
 
     @property
     def pid(self) -> int | None:

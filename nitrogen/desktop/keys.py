@@ -113,7 +113,7 @@ class KeyboardMousePad:
         self._closed = False
         self._finalizer = weakref.finalize(self, _release, self._disp, self._held)
         codes = [str(code) if kind == "key" else f"button:{code}" for kind, code in self._codes.values()]
-        self._guardian: Guardian | None = Guardian(["keys", self._disp.get_display_name(), *codes]) if guard else None
+        self._guardian = Guardian.start(["keys", self._disp.get_display_name(), *codes]) if guard else None
         if self.keymap.mouse is not None or any(b in MOUSE_BUTTONS for b in self.keymap.bindings()):
             self._warp_to_window()
 

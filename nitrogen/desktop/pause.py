@@ -111,7 +111,8 @@ class ProcessPauser:
             return
         if self.guard and self._guardian is None:
             started = start_time(self.pid)  # so that a reused PID is left alone
-            self._guardian = Guardian(["cont", self.pid, *([started] if started else [])])  # if we are killed
+            self._guardian = Guardian.start(["cont", self.pid, *([started] if started else [])])  # if we are killed
+            self.guard = self._guardian is not None  # a guardian that cannot start is tried once
         try:
             os.kill(self.pid, signal.SIGSTOP)
         except ProcessLookupError:

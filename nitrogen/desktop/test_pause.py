@@ -130,6 +130,22 @@ def test_the_guardian_leaves_a_reused_pid_alone(child: subprocess.Popen[bytes]) 
     assert wait_status(child.pid, RUNNING) in RUNNING
 
 
+def test_a_guardian_that_cannot_start_is_a_warning_not_an_error(child, monkeypatch, caplog) -> None:
+    import nitrogen.desktop.guardian as guardian_module
+
+    def no_children(*args, **kwargs):
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(guardian_module.subprocess, "Popen", no_children)
+    with caplog.at_level("WARNING", logger="nitrogen.desktop.guardian"), ProcessPauser(child.pid) as pauser:
+        pauser.pause()
+        assert wait_status(child.pid, {psutil.STATUS_STOPPED}) == psutil.STATUS_STOPPED
+        pauser.resume()
+        pauser.pause()  # tried once, not at every pause
+    assert wait_status(child.pid, RUNNING) in RUNNING
+    assert len([r for r in caplog.records if "no guardian" in r.getMessage()]) == 1
+
+
 def test_dead_process() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
